@@ -1,0 +1,5 @@
+import sys
+
+from bitnn.cli import main
+
+sys.exit(main())

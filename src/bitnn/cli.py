@@ -1,0 +1,337 @@
+"""The ``bitnn`` command. Only ``train`` and ``demo`` import PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitnn import __version__
+from bitnn.errors import BitnnError, InputError, TrainingInterrupted
+from bitnn.io import load_model, save_model
+from bitnn.network import BitNetwork
+
+# Training options: CLI flag -> TrainConfig field. Defaults are None so we can tell what the
+# user set explicitly (it overrides the preset; with --resume it is a conflict).
+_TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
+    ("--hidden", "hidden", str, "hidden layer widths, e.g. 256,256"),
+    ("--bias-kind", "bias_kind", str, "hidden layers: bias (one bit), threshold (folded BN), none"),
+    ("--epochs1", "epochs_round1", int, "epochs of round 1 (weight compression)"),
+    ("--epochs2", "epochs_round2", int, "epochs of round 2 (noisy backpropagation)"),
+    ("--batch-size", "batch_size", int, "minibatch size"),
+    ("--optimizer", "optimizer", str, "adam, adamw or sgd"),
+    ("--lr1", "lr_round1", float, "learning rate of round 1"),
+    ("--lr2", "lr_round2", float, "learning rate of round 2"),
+    ("--schedule", "schedule", str, "cosine, exponential or constant"),
+    ("--weight-decay", "weight_decay", float, "weight decay on the latent weights"),
+    ("--dropout-input", "dropout_input", float, "dropout rate on the input bits"),
+    ("--dropout-hidden", "dropout_hidden", float, "dropout rate on hidden bits"),
+    ("--sparsity", "sparsity", float, "target fraction of absent (zero) weights"),
+    ("--val-fraction", "val_fraction", float, "fraction of the data held out for validation"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto, cpu or cuda"),
+]
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def model_summary(network: BitNetwork, path: Path | None = None) -> dict[str, Any]:
+    """What ``bitnn info`` shows, as a dict."""
+    layers = []
+    for i, ly in enumerate(network.layers):
+        layers.append(
+            {
+                "index": i,
+                "n_in": ly.n_in,
+                "n_out": ly.n_out,
+                "bias_kind": ly.bias_kind,
+                "masked": ly.mask is not None,
+                "absent_fraction": float(1 - ly.n_present.sum() / (ly.n_in * ly.n_out)),
+                "parameter_bits": ly.parameter_bits(),
+                "binary_ops": ly.binary_ops(),
+            }
+        )
+    binarizer_bits = 0
+    binarizer = None
+    if network.binarizer is not None:
+        _, arrays = network.binarizer.to_state()
+        binarizer_bits = sum(a.nbytes * 8 for a in arrays.values())
+        binarizer = {
+            "repr": repr(network.binarizer),
+            "n_features": network.binarizer.n_features_in_,
+            "n_bits": network.binarizer.n_bits_out_,
+            "parameter_bits": binarizer_bits,
+        }
+    total_bits = network.parameter_bits() + binarizer_bits
+    out: dict[str, Any] = {
+        "shape": [network.n_inputs] + [ly.n_out for ly in network.layers],
+        "output": network.output,
+        "layers": layers,
+        "binarizer": binarizer,
+        "parameter_bits": total_bits,
+        "parameter_bytes": (total_bits + 7) // 8,
+        "float32_bytes": network.float32_bytes(),
+        "binary_ops_per_inference": network.binary_ops(),
+    }
+    if path is not None:
+        out["file_bytes"] = path.stat().st_size
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    net = load_model(path)
+    s = model_summary(net, path)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"model        {path}")
+    print(f"shape        {' -> '.join(map(str, s['shape']))}  (output: {s['output']})")
+    if s["binarizer"]:
+        b = s["binarizer"]
+        print(f"binarizer    {b['repr']}: {b['n_features']} features -> {b['n_bits']} bits")
+    for ly in s["layers"]:
+        extra = f", {100 * ly['absent_fraction']:.1f}% absent (mask bits)" if ly["masked"] else ""
+        print(
+            f"layer {ly['index']}      {ly['n_in']} -> {ly['n_out']}, {ly['bias_kind']}{extra}: "
+            f"{ly['parameter_bits']:,} bits"
+        )
+    print(f"parameters   {s['parameter_bits']:,} bits = {_fmt_bytes(s['parameter_bytes'])}")
+    over = s["file_bytes"] - s["parameter_bytes"]
+    print(f"on disk      {_fmt_bytes(s['file_bytes'])} ({over:,} bytes of header)")
+    ratio = s["float32_bytes"] / s["file_bytes"]
+    print(f"float32      {_fmt_bytes(s['float32_bytes'])} for the same shape ({ratio:.1f}x larger)")
+    print(f"binary ops   {s['binary_ops_per_inference']:,} per inference")
+    training = net.metadata.get("training")
+    if training:
+        best = training.get("best_val_accuracy", {})
+        if best:
+            last = best[max(best)]
+            print(f"validation   {100 * last:.2f}% accuracy (best of the last round)")
+    if "command" in net.metadata:
+        print(f"trained with {net.metadata['command']}")
+    return 0
+
+
+def _load_eval_data(
+    args: argparse.Namespace, net: BitNetwork
+) -> tuple[np.ndarray, np.ndarray | None]:
+    from bitnn.data.files import load_xy
+
+    n_features = net.binarizer.n_features_in_ if net.binarizer is not None else None
+    return load_xy(args.data, args.label_column, require_labels=False, n_features=n_features)
+
+
+def evaluate(
+    net: BitNetwork, X: np.ndarray, y: np.ndarray, engine: str | None = None
+) -> dict[str, Any]:
+    """Accuracy of ``net`` on raw ``X`` against labels ``y`` (class ids or 0/1 bits)."""
+    pred = net.predict(X, engine)
+    y = np.asarray(y)
+    if net.output == "scores":
+        if y.ndim != 1:
+            raise InputError("this model classifies: labels must be 1-D class ids")
+        if y.size and (y.min() < 0 or y.max() >= net.n_outputs or np.any(y != np.round(y))):
+            raise InputError(
+                f"labels must be class ids 0..{net.n_outputs - 1} for this model's "
+                f"{net.n_outputs} outputs"
+            )
+        acc = float(np.mean(pred == y))
+    else:
+        if y.shape != pred.shape:
+            raise InputError(f"bit targets must have shape {pred.shape}, got {y.shape}")
+        acc = float(np.mean(pred == y))
+    return {"n": len(y), "accuracy": acc, "error": 1 - acc}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    net = load_model(args.model)
+    X, y = _load_eval_data(args, net)
+    if y is None:
+        raise InputError(f"{args.data} has no labels to evaluate against")
+    r = evaluate(net, X, y, args.engine)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(
+            f"{r['n']} samples: accuracy {100 * r['accuracy']:.2f}%, error {100 * r['error']:.2f}%"
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    net = load_model(args.model)
+    X, _ = _load_eval_data(args, net)
+    pred = net.predict(X, args.engine)
+    lines = "\n".join(str(int(p)) if pred.ndim == 1 else ",".join(map(str, p)) for p in pred) + "\n"
+    if args.output:
+        from bitnn.io import atomic_write_bytes
+
+        atomic_write_bytes(args.output, lines.encode())
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[Any, str]:
+    from bitnn.train.presets import get_preset
+    from bitnn.train.trainer import TrainConfig
+
+    preset = get_preset(args.preset) if args.preset else None
+    values: dict[str, Any] = dict(preset.config) if preset else {}
+    for _, name, _, _ in _TRAIN_OPTIONS:
+        v = getattr(args, name)
+        if v is not None:
+            values[name] = v
+    if isinstance(values.get("hidden"), str):
+        try:
+            values["hidden"] = tuple(int(h) for h in values["hidden"].split(",") if h)
+        except ValueError:
+            raise InputError(f"--hidden takes widths like 256,256, got {args.hidden!r}") from None
+    binarizer = args.binarizer or (preset.binarizer if preset else "quantile:2:thermometer")
+    return TrainConfig(**values), binarizer
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bitnn.binarize import binarizer_from_spec
+    from bitnn.data.files import load_xy
+    from bitnn.train.trainer import train_network
+
+    output = Path(args.output)
+    checkpoint = (
+        Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
+    )
+    if args.resume:
+        given = [flag for flag, name, _, _ in _TRAIN_OPTIONS if getattr(args, name) is not None]
+        given += ["--preset"] * bool(args.preset) + ["--binarizer"] * bool(args.binarizer)
+        if given:
+            raise InputError(
+                f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}"
+            )
+    if output.exists() and not args.force:
+        raise InputError(f"{output} already exists; choose another --output or pass --force")
+    X, y = load_xy(args.data, args.label_column)
+    config, spec = (None, None) if args.resume else _config_from_args(args)
+    binarizer = None if args.resume else binarizer_from_spec(spec)
+    command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
+    net = train_network(
+        X,
+        y,
+        config,
+        binarizer,
+        checkpoint_path=checkpoint,
+        resume=args.resume,
+        metadata={"command": command, "data": str(args.data), "bitnn_version": __version__},
+    )
+    size = save_model(net, output)
+    print(f"saved {output} ({_fmt_bytes(size)}); training checkpoint kept at {checkpoint}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bitnn.binarize import ThresholdBinarizer
+    from bitnn.train.trainer import TrainConfig, train_network
+
+    if args.name != "xor":
+        raise InputError(f"unknown demo {args.name!r}; available: xor")
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+    y = np.array([0, 1, 1, 0])
+    config = TrainConfig(
+        hidden=(8,),
+        bias_kind="bias",
+        epochs_round1=100,
+        epochs_round2=100,
+        batch_size=4,
+        val_fraction=0.0,
+        lr_round1=0.05,
+        lr_round2=0.01,
+        seed=args.seed,
+    )
+    net = train_network(
+        X, y, config, ThresholdBinarizer(0.5), metadata={"command": "bitnn demo xor"}
+    )
+    pred = net.predict(X)
+    print("x1 x2 | xor | bitwise network")
+    for (a, b), t, p in zip(X.astype(int), y, pred, strict=True):
+        print(f" {a}  {b} |  {t}  |  {p}")
+    correct = int(np.sum(pred == y))
+    print(f"{correct} of 4 correct")
+    if args.output:
+        save_model(net, args.output)
+        print(f"saved {args.output}")
+    return 0 if correct == 4 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bitnn", description="Bitwise neural networks.")
+    p.add_argument("--version", action="version", version=f"bitnn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="describe a model file")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_info)
+
+    for name, func, hlp in (
+        ("eval", cmd_eval, "accuracy of a model on labelled data"),
+        ("predict", cmd_predict, "predictions of a model"),
+    ):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("model")
+        s.add_argument("data", help=".npz (X, y) or .csv")
+        s.add_argument("--label-column", help="CSV label column name or index (default: last)")
+        s.add_argument("--engine", default=None, help="engine (default: fastest available)")
+        if name == "eval":
+            s.add_argument("--json", action="store_true", help="print JSON")
+        else:
+            s.add_argument("-o", "--output", help="write predictions here (default: stdout)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("train", help="train a bitwise network (needs PyTorch)")
+    s.add_argument("data", help=".npz (X, y) or .csv")
+    s.add_argument("-o", "--output", required=True, help="model file to write")
+    s.add_argument("--preset", help="named configuration: paper or best")
+    s.add_argument("--binarizer", help="e.g. quantile:2:thermometer, threshold:0.5, wta:256:4")
+    s.add_argument("--label-column", help="CSV label column name or index (default: last)")
+    s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
+    s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    for flag, name, typ, hlp in _TRAIN_OPTIONS:
+        s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("demo", help="small demonstrations (needs PyTorch)")
+    s.add_argument("name", help="xor")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", help="also save the model here")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except BitnnError as exc:
+        print(f"bitnn: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"bitnn: {exc}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

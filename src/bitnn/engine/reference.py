@@ -1,0 +1,34 @@
+"""The numpy reference engine: the definition every faster engine is tested against.
+
+It computes exactly what :mod:`bitnn.network` documents, with bit logic only (XNOR, AND,
+``np.bitwise_count``, integer comparison), in batch chunks so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitnn.bits import pack_bits
+from bitnn.network import BitLayer
+
+NAME = "reference"
+_CHUNK_WORDS = 1 << 22  # words of XNOR temporaries per chunk (32 MiB)
+
+
+def layer_scores(x: np.ndarray, layer: BitLayer) -> np.ndarray:
+    """Packed inputs ``(batch, words)`` -> int32 scores ``dot - threshold`` ``(batch, n_out)``."""
+    w = layer.weight
+    mask = layer.effective_mask
+    n_present = layer.n_present
+    out = np.empty((x.shape[0], layer.n_out), dtype=np.int32)
+    rows = max(1, _CHUNK_WORDS // max(1, w.size))
+    for start in range(0, x.shape[0], rows):
+        xs = x[start : start + rows, None, :]
+        agree = np.bitwise_count(~(xs ^ w[None]) & mask[None]).sum(axis=2, dtype=np.int32)
+        out[start : start + rows] = 2 * agree - n_present - layer.threshold
+    return out
+
+
+def layer_bits(x: np.ndarray, layer: BitLayer) -> np.ndarray:
+    """Packed inputs -> packed output bits (bit 1 iff score >= 0, i.e. sign(0) = +1)."""
+    return pack_bits(layer_scores(x, layer) >= 0)

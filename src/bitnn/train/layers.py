@@ -1,0 +1,227 @@
+"""PyTorch modules that train a bitwise network with the paper's two rounds.
+
+Round 1, weight compression (``binary=False``)
+    ``w = tanh(W)``, ``b = tanh(B)``: every parameter lies in (-1, 1); hidden units use tanh.
+Round 2, noisy backpropagation (``binary=True``)
+    The forward pass uses ``ternarize(tanh(W), beta)`` (sign, or 0 where ``|tanh W| < beta``),
+    ``sign(tanh(B))`` and ``sign`` activations (sign(0) = +1). Gradients go to the real-valued
+    ``W``, ``B`` through these surrogate derivatives:
+
+    - weights and bias: straight-through, d ternarize(v)/dv := 1 (so dL/dW = dL/dw * tanh'(W));
+    - activations: d sign(z)/dz := 1 - tanh(z)**2, the derivative of round 1's activation at
+      the same scaled pre-activation.
+
+Pre-activations are scaled by ``1/sqrt(n_in)`` (a positive factor, so signs and thus the bit
+network are unchanged) to keep tanh out of saturation. With ``bias_kind="threshold"`` a
+BatchNorm replaces the bias; at conversion it folds into one integer threshold per unit.
+
+In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
+(with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
+so the two agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitnn.errors import InputError
+
+
+class _SignTanhSurrogate(torch.autograd.Function):
+    """sign(z) forward (sign(0) = +1); tanh'(z) backward."""
+
+    @staticmethod
+    def forward(ctx, z):  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return grad * (1 - torch.tanh(z) ** 2)
+
+
+class _TernarizeStraightThrough(torch.autograd.Function):
+    """sign(v), or 0 where |v| < beta, forward; identity backward."""
+
+    @staticmethod
+    def forward(ctx, v, beta):  # type: ignore[override]
+        out = torch.where(v >= 0, 1.0, -1.0).to(v.dtype)
+        return torch.where(v.abs() < beta, torch.zeros_like(v), out)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return grad, None
+
+
+def sign_activation(z: torch.Tensor) -> torch.Tensor:
+    return _SignTanhSurrogate.apply(z)
+
+
+def ternarize(v: torch.Tensor, beta: float | torch.Tensor = 0.0) -> torch.Tensor:
+    return _TernarizeStraightThrough.apply(v, beta)
+
+
+class BitLinear(nn.Module):
+    """A fully connected layer trained in two rounds; converts to a :class:`BitLayer`.
+
+    ``bias_kind``: ``"bias"`` (the paper's one-bit bias), ``"threshold"`` (BatchNorm folded into
+    integer thresholds), or ``"none"``. ``sparsity`` is the target fraction of absent weights:
+    beta is the matching quantile of ``|tanh W|``.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias_kind: str = "bias", sparsity: float = 0.0
+    ) -> None:
+        super().__init__()
+        if bias_kind not in ("bias", "threshold", "none"):
+            raise InputError(f"bias_kind must be bias, threshold or none, got {bias_kind!r}")
+        if not 0.0 <= sparsity < 1.0:
+            raise InputError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias_kind = bias_kind
+        self.sparsity = sparsity
+        self.binary = False
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1.0, 1.0))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias_kind == "bias" else None
+        self.norm = nn.BatchNorm1d(out_features) if bias_kind == "threshold" else None
+        self.scale = 1.0 / math.sqrt(in_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias_kind={self.bias_kind}, sparsity={self.sparsity}, binary={self.binary}"
+        )
+
+    def beta(self) -> torch.Tensor | float:
+        """The sparsity threshold on ``|tanh W|`` (0 when no sparsity is asked for)."""
+        if self.sparsity == 0.0:
+            return 0.0
+        return torch.quantile(torch.tanh(self.weight.detach()).abs().flatten(), self.sparsity)
+
+    def effective_weight(self) -> torch.Tensor:
+        w = torch.tanh(self.weight)
+        return ternarize(w, self.beta()) if self.binary else w
+
+    def effective_bias(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        b = torch.tanh(self.bias)
+        return ternarize(b) if self.binary else b
+
+    @torch.no_grad()
+    def folded_threshold(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sign, threshold)`` per unit so that the unit fires iff ``sign * dot >= threshold``.
+
+        Exact for integer ``dot``: computed in float64 from the BatchNorm's running statistics
+        (or from the bias bit); ``sign`` is -1 where the BatchNorm scale is negative.
+        """
+        n = self.in_features
+        if self.bias_kind == "none":
+            return np.ones(self.out_features, np.int8), np.zeros(self.out_features, np.int64)
+        if self.bias_kind == "bias":
+            b = np.where(torch.tanh(self.bias).cpu().numpy() >= 0, 1, -1)
+            return np.ones(self.out_features, np.int8), -b.astype(np.int64)
+        bn = self.norm
+        gamma = bn.weight.double().cpu().numpy()
+        beta = bn.bias.double().cpu().numpy()
+        mean = bn.running_mean.double().cpu().numpy()
+        sd = np.sqrt(bn.running_var.double().cpu().numpy() + bn.eps)
+        sign = np.where(gamma < 0, -1, 1).astype(np.int8)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = mean - beta * sd / gamma  # fires iff gamma * (dot - r) >= 0
+        t = np.where(gamma > 0, np.ceil(r), np.ceil(-r))
+        # gamma == 0: the unit is constant (fires iff beta >= 0).
+        t = np.where(gamma == 0, np.where(beta >= 0, -(n + 1), n + 1), t)
+        t = np.clip(np.nan_to_num(t, nan=0.0), -(n + 1), n + 1)
+        return sign, t.astype(np.int64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.effective_weight()
+        dot = F.linear(x, w)
+        if self.binary and not self.training:
+            sign, t = self.folded_threshold()
+            sign = torch.as_tensor(sign, dtype=dot.dtype, device=dot.device)
+            t = torch.as_tensor(t, dtype=dot.dtype, device=dot.device)
+            return dot * sign - t  # exact integer score
+        if self.norm is not None:
+            return self.norm(dot)
+        b = self.effective_bias()
+        return (dot if b is None else dot + b) * self.scale
+
+
+class BitMLP(nn.Module):
+    """A multilayer perceptron of :class:`BitLinear` layers on +1/-1 inputs.
+
+    ``output="scores"`` (classification: the last layer's scores are logits) or ``"bits"``
+    (one sigmoid/bit per output unit). The last layer's bias is a bias bit or nothing: a
+    folded normalisation would rescale the scores per unit, which integer scores cannot keep.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: tuple[int, ...] | list[int],
+        n_out: int,
+        bias_kind: str = "bias",
+        output_bias_kind: str = "bias",
+        sparsity: float = 0.0,
+        dropout_input: float = 0.0,
+        dropout_hidden: float = 0.0,
+        output: str = "scores",
+    ) -> None:
+        super().__init__()
+        if output_bias_kind not in ("bias", "none") and output == "scores":
+            raise InputError("the output layer of a classifier takes bias_kind 'bias' or 'none'")
+        sizes = [n_in, *hidden, n_out]
+        kinds = [bias_kind] * len(hidden) + [output_bias_kind]
+        self.layers = nn.ModuleList(
+            BitLinear(a, b, k, sparsity)
+            for a, b, k in zip(sizes[:-1], sizes[1:], kinds, strict=True)
+        )
+        self.dropout_input = nn.Dropout(dropout_input)
+        self.dropout_hidden = nn.Dropout(dropout_hidden)
+        self.output = output
+        self.log_logit_scale = nn.Parameter(torch.zeros(()))  # temperature; argmax-invariant
+
+    @property
+    def binary(self) -> bool:
+        return self.layers[0].binary
+
+    def set_round(self, round_: int) -> None:
+        """1: weight compression (tanh); 2: noisy backpropagation (binarized forward)."""
+        if round_ not in (1, 2):
+            raise InputError(f"round must be 1 or 2, got {round_}")
+        for layer in self.layers:
+            layer.binary = round_ == 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """+1/-1 inputs -> logits (training) or exact integer scores (binary eval mode)."""
+        h = self.dropout_input(x)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            z = layer(h)
+            if i == last:
+                if self.binary and not self.training:
+                    return z
+                return z * self.log_logit_scale.exp()
+            h = sign_activation(z) if self.binary else torch.tanh(z)
+            h = self.dropout_hidden(h)
+        raise AssertionError("unreachable")
+
+    @torch.no_grad()
+    def hidden_signs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """+1/-1 output of every layer in binary eval mode (for checking the conversion)."""
+        if not (self.binary and not self.training):
+            raise InputError("hidden_signs needs binary eval mode: set_round(2) and eval()")
+        out, h = [], x
+        for layer in self.layers:
+            h = torch.where(layer(h) >= 0, 1.0, -1.0)
+            out.append(h)
+        return out

@@ -1,0 +1,571 @@
+"""The two-round trainer: round 1 (weight compression), round 2 (noisy backpropagation).
+
+Reproducible from ``TrainConfig.seed``; writes a checkpoint after every epoch and, on a
+stop request (Ctrl-C), after the current batch. A run resumed from a checkpoint takes exactly
+the same steps as one that never stopped: the checkpoint holds the model, the optimizer, both
+random generators, the epoch's shuffle order and the position within it. Checkpoints use the
+model file's container (no pickle).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bitnn.binarize import Binarizer, ThresholdBinarizer, check_features
+from bitnn.errors import InputError, ModelFormatError, TrainingInterrupted
+from bitnn.io import atomic_write_bytes, decode_container, encode_container
+from bitnn.network import BitNetwork
+from bitnn.progress import ProgressBar, log
+from bitnn.train.convert import to_bit_network
+from bitnn.train.layers import BitMLP
+
+CHECKPOINT_FORMAT = "bitnn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. See ``bitnn.train.presets`` for named sets."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    bias_kind: str = "threshold"  # hidden layers: "bias" (paper), "threshold" (folded BN), "none"
+    output_bias_kind: str = "bias"
+    sparsity: float = 0.0  # target fraction of absent weights (beta from its quantile)
+    epochs_round1: int = 10
+    epochs_round2: int = 10
+    batch_size: int = 100
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr_round1: float = 3e-3
+    lr_round2: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # cosine | exponential | constant (per round)
+    weight_decay: float = 0.0
+    dropout_input: float = 0.0
+    dropout_hidden: float = 0.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        problems = []
+        if any(h < 1 for h in self.hidden):
+            problems.append("hidden sizes must be positive")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            problems.append(f"optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
+        if self.schedule not in ("cosine", "exponential", "constant"):
+            problems.append(
+                f"schedule must be cosine, exponential or constant, not {self.schedule!r}"
+            )
+        if self.epochs_round1 < 0 or self.epochs_round2 < 0:
+            problems.append("epoch counts cannot be negative")
+        if self.epochs_round1 + self.epochs_round2 == 0:
+            problems.append("train for at least one epoch")
+        if self.batch_size < 1:
+            problems.append("batch_size must be positive")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append("val_fraction must be in [0, 1)")
+        for name in ("dropout_input", "dropout_hidden", "sparsity"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1)")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if problems:
+            raise InputError("invalid training configuration: " + "; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"unknown training options: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class TrainData:
+    """Binarized training data: +1/-1 inputs (int8) and targets."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    n_outputs: int
+    output: str  # "scores" (y: class ids) or "bits" (y: 0/1 matrix)
+
+
+def validate_targets(
+    y: Any, n_samples: int, n_classes: int | None = None
+) -> tuple[np.ndarray, str, int]:
+    """Check labels: class ids 0..C-1 (1-D) or 0/1 bit targets (2-D). Returns (y, output, C)."""
+    a = np.asarray(y)
+    if a.shape[0] != n_samples:
+        raise InputError(f"X has {n_samples} samples but y has {a.shape[0]}; they must match")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise InputError(f"labels must be numbers, got dtype {a.dtype}")
+    if a.size and not np.all(np.isfinite(a.astype(np.float64))):
+        raise InputError("labels contain NaN or infinity")
+    if a.size and np.any(a != np.round(a)):
+        raise InputError("labels must be whole numbers (class ids 0..C-1, or 0/1 bits)")
+    if a.ndim == 1:
+        ids = a.astype(np.int64)
+        if ids.size and ids.min() < 0:
+            raise InputError("class labels must be 0..C-1; found a negative label")
+        n = int(ids.max()) + 1 if n_classes is None else n_classes
+        if ids.size and ids.max() >= n:
+            raise InputError(
+                f"label {int(ids.max())} is out of range for {n} classes "
+                f"(labels must be 0..{n - 1})"
+            )
+        if n < 2:
+            raise InputError("classification needs at least 2 classes")
+        return ids, "scores", n
+    if a.ndim == 2:
+        if np.any((a != 0) & (a != 1)):
+            raise InputError("2-D targets are output bits and must be 0 or 1")
+        return a.astype(np.uint8), "bits", a.shape[1]
+    raise InputError(f"y must be 1-D class ids or 2-D 0/1 bits, got shape {a.shape}")
+
+
+def data_fingerprint(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@contextmanager
+def _stop_on_sigint(flag: dict[str, bool]) -> Iterator[None]:
+    """First Ctrl-C asks for a clean stop after the current batch; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        log("\nstopping after this batch and saving a checkpoint (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _state_to_numpy(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {f"{prefix}{k}": v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _numpy_to_state(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {
+        k.removeprefix(prefix): torch.from_numpy(np.array(v))
+        for k, v in tensors.items()
+        if k.startswith(prefix)
+    }
+
+
+@dataclass
+class _Position:
+    round: int = 1  # 1 or 2
+    epoch: int = 0  # within the round
+    batch: int = 0  # within the epoch
+    round_started: bool = False
+
+
+@dataclass
+class Trainer:
+    """Runs the two rounds on :class:`TrainData`; see the module docstring."""
+
+    config: TrainConfig
+    data: TrainData
+    binarizer: Binarizer | None = None
+    checkpoint_path: Path | None = None
+    fingerprint: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    on_batch: Callable[[Trainer], None] | None = None  # called after every optimizer step
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.device = _resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = BitMLP(
+            self.data.x_train.shape[1],
+            cfg.hidden,
+            self.data.n_outputs,
+            bias_kind=cfg.bias_kind,
+            output_bias_kind=cfg.output_bias_kind,
+            sparsity=cfg.sparsity,
+            dropout_input=cfg.dropout_input,
+            dropout_hidden=cfg.dropout_hidden,
+            output=self.data.output,
+        ).to(self.device)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed + 1)
+        self.position = _Position()
+        self.perm: torch.Tensor | None = None
+        self.best: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}
+        self.optimizer = self._make_optimizer(cfg.lr_round1)
+        self.stop = {"stop": False}
+        self.epoch_losses: list[float] = []  # this epoch's batch losses so far
+        self.x_train = torch.from_numpy(self.data.x_train)
+        self.y_train = torch.from_numpy(self.data.y_train)
+
+    # ---- pieces ------------------------------------------------------------------------------
+
+    def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        cfg = self.config
+        decay = [layer.weight for layer in self.model.layers]
+        ids = {id(p) for p in decay}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+        klass = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return klass(groups, lr=lr)
+
+    def _epochs(self, round_: int) -> int:
+        return self.config.epochs_round1 if round_ == 1 else self.config.epochs_round2
+
+    def _lr(self, round_: int, step: int, total: int) -> float:
+        cfg = self.config
+        lr0 = cfg.lr_round1 if round_ == 1 else cfg.lr_round2
+        frac = step / max(1, total)
+        if cfg.schedule == "cosine":
+            return lr0 * 0.5 * (1 + math.cos(math.pi * frac))
+        if cfg.schedule == "exponential":
+            return lr0 * 0.01**frac
+        return lr0
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.data.output == "scores":
+            return F.cross_entropy(out, y)
+        return F.binary_cross_entropy_with_logits(out, y.float())
+
+    @torch.no_grad()
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy (classes) or bit accuracy (bits) of the model in its current round."""
+        self.model.eval()
+        correct = 0.0
+        for start in range(0, x.shape[0], 4096):
+            xb = torch.from_numpy(x[start : start + 4096]).to(self.device).float()
+            out = self.model(xb).cpu()
+            yb = torch.from_numpy(y[start : start + 4096])
+            if self.data.output == "scores":
+                correct += (out.argmax(1) == yb).sum().item()
+            else:
+                correct += ((out >= 0).to(torch.uint8) == yb).float().mean(1).sum().item()
+        self.model.train()
+        return correct / x.shape[0]
+
+    def _start_round(self, round_: int) -> None:
+        if round_ == 2:
+            if 1 in self.best:  # noisy backpropagation starts from round 1's best network
+                self.model.load_state_dict(self.best[1][1])
+            self.optimizer = self._make_optimizer(self.config.lr_round2)
+        self.model.set_round(round_)
+        self.position.round_started = True
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> BitMLP:
+        """Train to the end (or raise :class:`TrainingInterrupted`); return the best model."""
+        with _stop_on_sigint(self.stop):
+            self._run()
+        final_round = 2 if self.config.epochs_round2 > 0 else 1
+        self.model.load_state_dict(self.best[final_round][1])
+        self.model.set_round(2)
+        self.model.eval()
+        return self.model
+
+    def _run(self) -> None:
+        cfg, pos = self.config, self.position
+        n = self.x_train.shape[0]
+        n_batches = math.ceil(n / cfg.batch_size)
+        self.model.train()
+        while pos.round <= 2:
+            epochs = self._epochs(pos.round)
+            if pos.epoch >= epochs:
+                pos.round, pos.epoch, pos.batch, pos.round_started = pos.round + 1, 0, 0, False
+                continue
+            if not pos.round_started:
+                self._start_round(pos.round)
+            self.model.set_round(pos.round)
+            if pos.batch == 0 or self.perm is None:
+                self.perm = torch.randperm(n, generator=self.shuffle)
+            bar = ProgressBar(n_batches, f"round {pos.round} epoch {pos.epoch + 1}/{epochs}")
+            losses = self.epoch_losses
+            while pos.batch < n_batches:
+                if self.stop["stop"]:
+                    bar.close()
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self.checkpoint_path or Path("(none)"))
+                idx = self.perm[pos.batch * cfg.batch_size : (pos.batch + 1) * cfg.batch_size]
+                xb = self.x_train[idx].to(self.device).float()
+                yb = self.y_train[idx].to(self.device)
+                lr = self._lr(pos.round, pos.epoch * n_batches + pos.batch, epochs * n_batches)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = self._loss(self.model(xb), yb)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(loss.item())
+                pos.batch += 1
+                bar.update(pos.batch, f"loss {np.mean(losses[-50:]):.4f}")
+                if self.on_batch is not None:
+                    self.on_batch(self)
+            bar.close()
+            self._end_epoch(float(np.mean(losses)) if losses else float("nan"), bar.start)
+
+    def _end_epoch(self, train_loss: float, started: float) -> None:
+        pos = self.position
+        record: dict[str, Any] = {"round": pos.round, "epoch": pos.epoch + 1, "loss": train_loss}
+        if self.data.x_val is not None and self.data.y_val is not None:
+            metric = self.evaluate(self.data.x_val, self.data.y_val)
+        else:  # no validation split: select on the training data
+            metric = self.evaluate(self.data.x_train, self.data.y_train)
+        record["val_accuracy"] = metric
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        self.history.append(record)
+        best = self.best.get(pos.round)
+        if best is None or metric > best[0]:
+            self.best[pos.round] = (metric, copy.deepcopy(self.model.state_dict()))
+        log(
+            f"round {pos.round} epoch {pos.epoch + 1}/{self._epochs(pos.round)}: "
+            f"loss {train_loss:.4f}  val accuracy {100 * metric:.2f}%  "
+            f"({record['seconds']:.1f}s)"
+        )
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+        self.epoch_losses = []
+        self.save_checkpoint()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        tensors = _state_to_numpy("model.", self.model.state_dict())
+        for r, (_, state) in self.best.items():
+            tensors.update(_state_to_numpy(f"best{r}.", state))
+        opt = self.optimizer.state_dict()
+        for idx, pstate in opt["state"].items():
+            for key, value in pstate.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{idx}.{key}"] = value.detach().cpu().numpy()
+        tensors["rng.torch"] = torch.get_rng_state().numpy()
+        tensors["rng.shuffle"] = self.shuffle.get_state().numpy()
+        if self.perm is not None:
+            tensors["epoch_order"] = self.perm.numpy()
+        description: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "config": self.config.to_json(),
+            "position": dataclasses.asdict(self.position),
+            "best_metric": {str(r): m for r, (m, _) in self.best.items()},
+            "history": self.history,
+            "epoch_losses": self.epoch_losses,
+            "optimizer_groups": [
+                {k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]
+            ],
+            "fingerprint": self.fingerprint,
+            "output": self.data.output,
+            "n_outputs": self.data.n_outputs,
+            "binarizer": None,
+        }
+        if self.binarizer is not None:
+            bmeta, arrays = self.binarizer.to_state()
+            description["binarizer"] = bmeta
+            tensors.update({f"binarizer.{k}": v for k, v in arrays.items()})
+        atomic_write_bytes(self.checkpoint_path, encode_container(tensors, description))
+
+    def load_checkpoint_state(
+        self, tensors: dict[str, np.ndarray], description: dict[str, Any]
+    ) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote (config already applied)."""
+        self.position = _Position(**description["position"])
+        self.model.set_round(self.position.round if self.position.round <= 2 else 2)
+        self.model.load_state_dict(_numpy_to_state("model.", tensors))
+        self.best = {
+            int(r): (float(m), _numpy_to_state(f"best{r}.", tensors))
+            for r, m in description["best_metric"].items()
+        }
+        self.history = list(description["history"])
+        self.epoch_losses = list(description["epoch_losses"])
+        if self.position.round == 2 and self.position.round_started:
+            self.optimizer = self._make_optimizer(self.config.lr_round2)
+        opt_state: dict[str, Any] = {"state": {}, "param_groups": []}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(idx), {})[name] = torch.from_numpy(
+                    np.array(value)
+                )
+        groups = self.optimizer.state_dict()["param_groups"]
+        for group, saved in zip(groups, description["optimizer_groups"], strict=True):
+            opt_state["param_groups"].append({**saved, "params": group["params"]})
+        self.optimizer.load_state_dict(opt_state)
+        torch.set_rng_state(torch.from_numpy(np.array(tensors["rng.torch"])))
+        self.shuffle.set_state(torch.from_numpy(np.array(tensors["rng.shuffle"])))
+        self.perm = (
+            torch.from_numpy(np.array(tensors["epoch_order"])) if "epoch_order" in tensors else None
+        )
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    try:
+        buf = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"no checkpoint at {path}: nothing to resume (drop --resume)") from None
+    tensors, description = decode_container(buf, str(path))
+    if description.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFormatError(f"{path} is not a bitnn training checkpoint")
+    if description.get("format_version") != CHECKPOINT_VERSION:
+        raise ModelFormatError(
+            f"{path} is a checkpoint of format version {description.get('format_version')}; "
+            f"this bitnn resumes version {CHECKPOINT_VERSION} only"
+        )
+    return tensors, description
+
+
+def to_bipolar(bits: np.ndarray) -> np.ndarray:
+    """0/1 bits -> int8 +1/-1 (the training modules' input)."""
+    return bits.astype(np.int8) * 2 - 1
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random split of ``range(n)`` into (train, validation) index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = round(n * fraction)
+    if fraction > 0 and (n_val == 0 or n_val == n):
+        raise InputError(f"cannot hold out {fraction:.0%} of {n} samples for validation")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_network(
+    X: Any,
+    y: Any,
+    config: TrainConfig | None = None,
+    binarizer: Binarizer | None = None,
+    *,
+    X_val: Any = None,
+    y_val: Any = None,
+    n_classes: int | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+    on_batch: Callable[[Trainer], None] | None = None,
+) -> BitNetwork:
+    """Train a bitwise network on raw ``(X, y)`` and return the deployed :class:`BitNetwork`.
+
+    ``binarizer`` (unfitted) turns X into input bits; it is fitted on the training part only.
+    Without ``X_val``, ``config.val_fraction`` of ``(X, y)`` is held out (seeded). With
+    ``resume=True`` the run continues from ``checkpoint_path`` with the checkpoint's own
+    configuration; the data must be the same as when it started.
+    """
+    x_all = check_features(X)
+    y_all, output, n_outputs = validate_targets(y, x_all.shape[0], n_classes)
+    fingerprint = data_fingerprint(x_all, y_all)
+    tensors: dict[str, np.ndarray] = {}
+    if resume:
+        if checkpoint_path is None:
+            raise InputError("resume needs a checkpoint path")
+        tensors, description = read_checkpoint(Path(checkpoint_path))
+        if description["fingerprint"] != fingerprint:
+            raise InputError(
+                "the data differ from the data this checkpoint was trained on; resume with the "
+                "same data, or start a new run without --resume"
+            )
+        config = TrainConfig.from_json(description["config"])
+        arrays = {
+            k.removeprefix("binarizer."): v
+            for k, v in tensors.items()
+            if k.startswith("binarizer.")
+        }
+        binarizer = (
+            Binarizer.from_state(description["binarizer"], arrays)
+            if description["binarizer"]
+            else None
+        )
+    config = config or TrainConfig()
+    if X_val is not None:
+        x_tr, y_tr = x_all, y_all
+        x_va = check_features(X_val, x_all.shape[1], "X_val")
+        y_va, _, _ = validate_targets(
+            y_val, x_va.shape[0], n_outputs if output == "scores" else None
+        )
+    elif config.val_fraction > 0:
+        tr, va = split_validation(x_all.shape[0], config.val_fraction, config.seed)
+        x_tr, y_tr, x_va, y_va = x_all[tr], y_all[tr], x_all[va], y_all[va]
+    else:
+        x_tr, y_tr, x_va, y_va = x_all, y_all, None, None
+    if binarizer is None:
+        binarizer = ThresholdBinarizer(0.0)
+    if not resume:
+        binarizer.fit(x_tr)
+    data = TrainData(
+        to_bipolar(binarizer.transform(x_tr)),
+        y_tr,
+        None if x_va is None else to_bipolar(binarizer.transform(x_va)),
+        y_va,
+        n_outputs,
+        output,
+    )
+    trainer = Trainer(
+        config,
+        data,
+        binarizer,
+        Path(checkpoint_path) if checkpoint_path is not None else None,
+        fingerprint,
+        on_batch=on_batch,
+    )
+    if resume:
+        trainer.load_checkpoint_state(tensors, description)
+        pos = trainer.position
+        log(f"resuming at round {pos.round}, epoch {pos.epoch + 1}, batch {pos.batch}")
+    model = trainer.run()
+    final = trainer.history[-1] if trainer.history else {}
+    meta = {
+        "training": {
+            "config": config.to_json(),
+            "history": trainer.history,
+            "best_val_accuracy": {str(r): m for r, (m, _) in trainer.best.items()},
+            "n_train": int(x_tr.shape[0]),
+            "n_val": 0 if x_va is None else int(x_va.shape[0]),
+            "data_sha256": fingerprint,
+            "final_epoch": final,
+        },
+        **(metadata or {}),
+    }
+    return to_bit_network(model.cpu(), binarizer, meta)
