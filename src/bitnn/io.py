@@ -78,7 +78,7 @@ def encode_container(tensors: dict[str, np.ndarray], description: dict[str, Any]
     """Serialise named arrays and a JSON-able description into container bytes."""
     arrays = {}
     for name, arr in tensors.items():
-        a = np.ascontiguousarray(arr)
+        a = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray does not)
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         if dt not in _DTYPE_NAMES:
             raise InputError(f"tensor {name!r} has unsupported dtype {a.dtype}")

@@ -231,7 +231,8 @@ class Trainer:
         ).to(self.device)
         self.shuffle = torch.Generator().manual_seed(cfg.seed + 1)
         self.position = _Position()
-        self.perm: torch.Tensor | None = None
+        self.perm: torch.Tensor | None = None  # this epoch's shuffle order
+        self.perm_for: list[int] = []  # the [round, epoch] it was drawn for
         self.best: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}
         self.optimizer = self._make_optimizer(cfg.lr_round1)
         self.stop = {"stop": False}
@@ -322,8 +323,9 @@ class Trainer:
             if not pos.round_started:
                 self._start_round(pos.round)
             self.model.set_round(pos.round)
-            if pos.batch == 0 or self.perm is None:
+            if self.perm_for != [pos.round, pos.epoch]:  # not yet drawn (or restored)
                 self.perm = torch.randperm(n, generator=self.shuffle)
+                self.perm_for = [pos.round, pos.epoch]
             bar = ProgressBar(n_batches, f"round {pos.round} epoch {pos.epoch + 1}/{epochs}")
             losses = self.epoch_losses
             while pos.batch < n_batches:
@@ -396,6 +398,7 @@ class Trainer:
             "best_metric": {str(r): m for r, (m, _) in self.best.items()},
             "history": self.history,
             "epoch_losses": self.epoch_losses,
+            "epoch_order_for": self.perm_for,
             "optimizer_groups": [
                 {k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]
             ],
@@ -423,6 +426,7 @@ class Trainer:
         }
         self.history = list(description["history"])
         self.epoch_losses = list(description["epoch_losses"])
+        self.perm_for = list(description["epoch_order_for"])
         if self.position.round == 2 and self.position.round_started:
             self.optimizer = self._make_optimizer(self.config.lr_round2)
         opt_state: dict[str, Any] = {"state": {}, "param_groups": []}

@@ -1,0 +1,189 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bitnn.cli import main
+from bitnn.io import load_model
+
+
+def blobs(n=300, seed=0, d=6):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((3, d)) * 2
+    y = rng.integers(0, 3, n)
+    return centers[y] + rng.standard_normal((n, d)), y
+
+
+@pytest.fixture
+def data(tmp_path):
+    X, y = blobs()
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    with open(tmp_path / "d.csv", "w") as f:
+        f.write(",".join([f"f{i}" for i in range(X.shape[1])] + ["label"]) + "\n")
+        for row, label in zip(X, y, strict=True):
+            f.write(",".join(f"{v:.6f}" for v in row) + f",{label}\n")
+    return tmp_path
+
+
+TRAIN = [
+    "--hidden",
+    "32",
+    "--epochs1",
+    "4",
+    "--epochs2",
+    "4",
+    "--batch-size",
+    "30",
+    "--lr1",
+    "0.01",
+    "--lr2",
+    "0.003",
+]
+
+
+def test_train_info_eval_predict(data, capsys):
+    pytest.importorskip("torch")
+    model = data / "m.bnn"
+    assert main(["train", str(data / "d.npz"), "-o", str(model), *TRAIN, "--preset", "best"]) == 0
+    assert model.exists() and (data / "m.bnn.ckpt").exists()
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "6 -> 12 -> 32 -> 3" not in out and "12 -> 32 -> 3" in out
+    assert "on disk" in out and "float32" in out and "binary ops" in out
+    assert main(["info", str(model), "--json"]) == 0
+    assert '"parameter_bits"' in capsys.readouterr().out
+    assert main(["eval", str(model), str(data / "d.csv"), "--label-column", "label"]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("accuracy ")[1].split("%")[0])
+    assert acc > 70
+    assert main(["predict", str(model), str(data / "d.npz"), "-o", str(data / "p.csv")]) == 0
+    pred = np.loadtxt(data / "p.csv", dtype=int)
+    X, _y = blobs()
+    np.testing.assert_array_equal(pred, load_model(model).predict(X))
+    # CSV without a label column: all columns are features
+    np.savetxt(data / "x.csv", X, delimiter=",")
+    assert main(["predict", str(model), str(data / "x.csv")]) == 0
+    assert capsys.readouterr().out.split() == [str(p) for p in pred]
+
+
+def test_train_from_csv_and_errors(data, capsys):
+    pytest.importorskip("torch")
+    model = data / "c.bnn"
+    assert main(["train", str(data / "d.csv"), "-o", str(model), *TRAIN, "--preset", "paper"]) == 0
+    capsys.readouterr()
+    # never overwrite finished work silently
+    assert main(["train", str(data / "d.csv"), "-o", str(model), *TRAIN]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["train", str(data / "d.csv"), "-o", str(data / "x.bnn"), "--preset", "nope"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert (
+        main(["train", str(data / "d.csv"), "-o", str(model), "--resume", "--force", "--seed", "3"])
+        == 2
+    )
+    assert "drop --seed" in capsys.readouterr().err
+    assert main(["train", str(data / "d.csv"), "-o", str(data / "y.bnn"), "--hidden", "a,b"]) == 2
+    assert "--hidden" in capsys.readouterr().err
+    assert not (data / "x.bnn").exists() and not (data / "y.bnn").exists()
+
+
+def test_eval_errors(data, capsys):
+    from bitnn.binarize import ThresholdBinarizer
+    from bitnn.io import save_model
+    from bitnn.network import BitLayer, BitNetwork
+
+    net = BitNetwork(
+        [BitLayer.from_values(np.ones((2, 6)))], ThresholdBinarizer().fit(np.zeros((1, 6)))
+    )
+    save_model(net, data / "n.bnn")
+    X, y = blobs()
+    np.savez(data / "wrong.npz", X=X[:, :4], y=y)
+    assert main(["eval", str(data / "n.bnn"), str(data / "wrong.npz")]) == 2
+    assert "fitted on 6" in capsys.readouterr().err
+    np.savez(data / "labels.npz", X=X, y=y)  # labels 0..2 but the model has 2 outputs
+    assert main(["eval", str(data / "n.bnn"), str(data / "labels.npz")]) == 2
+    assert "class ids 0..1" in capsys.readouterr().err
+    (data / "junk.bnn").write_bytes(b"not a model at all")
+    assert main(["info", str(data / "junk.bnn")]) == 2
+    assert "bitnn" in capsys.readouterr().err
+    assert main(["info", str(data / "missing.bnn")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    np.savez(data / "obj.npz", X=np.array([{"a": 1}], dtype=object), y=[0])
+    assert main(["eval", str(data / "n.bnn"), str(data / "obj.npz")]) == 2
+
+
+def test_info_and_eval_do_not_import_torch(data):
+    from bitnn.binarize import ThresholdBinarizer
+    from bitnn.io import save_model
+    from bitnn.network import BitLayer, BitNetwork
+
+    net = BitNetwork(
+        [BitLayer.from_values(np.ones((3, 6)))], ThresholdBinarizer().fit(np.zeros((1, 6)))
+    )
+    save_model(net, data / "n.bnn")
+    code = (
+        "import sys; from bitnn.cli import main; "
+        f"main(['info', {str(data / 'n.bnn')!r}]); "
+        f"main(['eval', {str(data / 'n.bnn')!r}, {str(data / 'd.npz')!r}]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_ctrl_c_then_resume_gives_the_same_model(tmp_path):
+    pytest.importorskip("torch")
+    X, y = blobs(6000, d=20)
+    np.savez(tmp_path / "big.npz", X=X, y=y)
+    args = [
+        "train",
+        str(tmp_path / "big.npz"),
+        "--hidden",
+        "256,256",
+        "--epochs1",
+        "3",
+        "--epochs2",
+        "3",
+        "--batch-size",
+        "20",
+        "--seed",
+        "5",
+    ]
+    cmd = [sys.executable, "-m", "bitnn"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*cmd, *args, "-o", str(tmp_path / "a.bnn")], env=env, stderr=subprocess.PIPE, text=True
+    )
+    ckpt = tmp_path / "a.bnn.ckpt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now mid-epoch
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    if proc.returncode == 0:
+        pytest.skip("training finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "--resume" in err and not (tmp_path / "a.bnn").exists()
+    subprocess.run(
+        [*cmd, "train", str(tmp_path / "big.npz"), "-o", str(tmp_path / "a.bnn"), "--resume"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*cmd, *args, "-o", str(tmp_path / "b.bnn")], check=True, env=env, capture_output=True
+    )
+    a, b = load_model(tmp_path / "a.bnn"), load_model(tmp_path / "b.bnn")
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        np.testing.assert_array_equal(la.weight, lb.weight)
+        np.testing.assert_array_equal(la.threshold, lb.threshold)
+
+
+def test_demo_xor(capsys):
+    pytest.importorskip("torch")
+    assert main(["demo", "xor"]) == 0
+    assert "4 of 4 correct" in capsys.readouterr().out

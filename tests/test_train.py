@@ -1,0 +1,223 @@
+import contextlib
+import io as stdio
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bitnn.binarize import QuantileBinarizer, ThresholdBinarizer  # noqa: E402
+from bitnn.bits import pack_signs, unpack_bits  # noqa: E402
+from bitnn.errors import InputError, TrainingInterrupted  # noqa: E402
+from bitnn.io import model_to_bytes  # noqa: E402
+from bitnn.train.convert import to_bit_network  # noqa: E402
+from bitnn.train.layers import BitMLP  # noqa: E402
+from bitnn.train.trainer import TrainConfig, train_network  # noqa: E402
+
+
+def quiet():
+    return contextlib.redirect_stderr(stdio.StringIO())
+
+
+def randomised_model(kind, sparsity, output="scores", seed=0):
+    torch.manual_seed(seed)
+    out_kind = "none" if kind == "none" else "bias"
+    m = BitMLP(
+        70,
+        [33, 65],
+        10,
+        bias_kind=kind,
+        output_bias_kind=out_kind,
+        sparsity=sparsity,
+        output=output,
+    )
+    m.set_round(2)
+    if kind == "threshold":  # realistic running statistics and scales of both signs
+        m.train()
+        for _ in range(5):
+            m(torch.randint(0, 2, (64, 70)).float() * 2 - 1)
+        with torch.no_grad():
+            for layer in m.layers[:-1]:
+                layer.norm.weight.uniform_(-1, 1)
+                layer.norm.bias.uniform_(-1, 1)
+    m.eval()
+    return m
+
+
+@pytest.mark.parametrize("kind", ["bias", "threshold", "none"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3])
+def test_converted_network_is_bit_exact_on_random_inputs(kind, sparsity):
+    m = randomised_model(kind, sparsity)
+    net = to_bit_network(m)
+    x = torch.randint(0, 2, (5000, 70)).float() * 2 - 1
+    packed = pack_signs(x.numpy().astype(np.int8))
+    with torch.no_grad():
+        scores = m(x).numpy()
+        hidden = m.hidden_signs(x)
+    np.testing.assert_array_equal(net.forward_packed(packed), scores.astype(np.int64))
+    for h_torch, h_bits, layer in zip(hidden, net.hidden_packed(packed), net.layers, strict=True):
+        np.testing.assert_array_equal(unpack_bits(h_bits, layer.n_out), h_torch.numpy() > 0)
+    if sparsity:
+        assert all(layer.mask is not None for layer in net.layers)
+
+
+def test_bit_outputs_are_exact():
+    m = randomised_model("threshold", 0.0, output="bits")
+    net = to_bit_network(m)
+    x = torch.randint(0, 2, (2000, 70)).float() * 2 - 1
+    with torch.no_grad():
+        expected = (m(x) >= 0).numpy()
+    got = unpack_bits(net.forward_packed(pack_signs(x.numpy().astype(np.int8))), 10)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_trained_on_real_speech_data_is_bit_exact(fsdd):
+    train = fsdd.take >= 5
+    cfg = TrainConfig(hidden=(128,), epochs_round1=3, epochs_round2=3, batch_size=50, seed=0)
+    with quiet():
+        net = train_network(fsdd.X[train], fsdd.y[train], cfg, QuantileBinarizer(2, "thermometer"))
+    # Rebuild the trained module's view: binarized inputs through torch in binary eval mode.
+    from bitnn.train.trainer import to_bipolar
+
+    # The network's bit logic against the same arithmetic as float matmuls in torch.
+    x = torch.from_numpy(to_bipolar(net.binarizer.transform(fsdd.X))).float()
+    h = x
+    for layer in net.layers[:-1]:
+        w = torch.from_numpy(layer.weight_values().astype(np.float32))
+        h = torch.where(h @ w.T - torch.from_numpy(layer.threshold).float() >= 0, 1.0, -1.0)
+    last = net.layers[-1]
+    w = torch.from_numpy(last.weight_values().astype(np.float32))
+    scores = (h @ w.T - torch.from_numpy(last.threshold).float()).numpy()
+    np.testing.assert_array_equal(net.scores(fsdd.X), scores.astype(np.int64))
+    acc = np.mean(net.predict(fsdd.X[~train]) == fsdd.y[~train])
+    assert acc > 0.5, acc  # it learned something real (chance is 0.1)
+
+
+def test_trainer_module_and_network_agree_after_training(fsdd):
+    """The model the trainer returns, in binary eval mode, equals the network it converts to."""
+    from bitnn.train.trainer import TrainData, Trainer, to_bipolar
+
+    b = QuantileBinarizer(1).fit(fsdd.X)
+    x = to_bipolar(b.transform(fsdd.X))
+    data = TrainData(x, fsdd.y, None, None, 10, "scores")
+    cfg = TrainConfig(hidden=(64, 64), epochs_round1=1, epochs_round2=2, sparsity=0.2, seed=3)
+    with quiet():
+        model = Trainer(cfg, data, b).run()
+    net = to_bit_network(model, b)
+    with torch.no_grad():
+        scores = model(torch.from_numpy(x).float()).numpy()
+    np.testing.assert_array_equal(net.scores(fsdd.X), scores.astype(np.int64))
+
+
+def _blobs(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((4, 8)) * 2
+    y = rng.integers(0, 4, n)
+    return centers[y] + rng.standard_normal((n, 8)), y
+
+
+def _layers_equal(a, b):
+    return all(
+        np.array_equal(la.weight, lb.weight) and np.array_equal(la.threshold, lb.threshold)
+        for la, lb in zip(a.layers, b.layers, strict=True)
+    )
+
+
+@pytest.mark.parametrize("stop_at", [3, 17, 24, 40])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at):
+    X, y = _blobs()
+    cfg = TrainConfig(
+        hidden=(32,), epochs_round1=2, epochs_round2=2, batch_size=32, dropout_hidden=0.2, seed=7
+    )
+    with quiet():
+        full = train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=tmp_path / "a.ckpt")
+
+    def stop(trainer):
+        trainer.steps = getattr(trainer, "steps", 0) + 1
+        if trainer.steps == stop_at:
+            trainer.stop["stop"] = True
+
+    ckpt = tmp_path / "b.ckpt"
+    with quiet(), pytest.raises(TrainingInterrupted):
+        train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=ckpt, on_batch=stop)
+    with quiet():
+        resumed = train_network(X, y, checkpoint_path=ckpt, resume=True)
+    assert _layers_equal(full, resumed)
+    losses = [h["loss"] for h in full.metadata["training"]["history"]]
+    assert losses == [h["loss"] for h in resumed.metadata["training"]["history"]]
+
+
+def test_same_seed_same_model_and_resume_checks_data(tmp_path):
+    X, y = _blobs()
+    cfg = TrainConfig(hidden=(16,), epochs_round1=1, epochs_round2=1, seed=1)
+    with quiet():
+        a = train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=tmp_path / "c.ckpt")
+        b = train_network(X, y, cfg, QuantileBinarizer(2))
+    assert _layers_equal(a, b)
+    with pytest.raises(InputError, match="data differ"):
+        train_network(X + 1, y, checkpoint_path=tmp_path / "c.ckpt", resume=True)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_network(X, y, checkpoint_path=tmp_path / "missing.ckpt", resume=True)
+    assert model_to_bytes(a)  # serialisable
+
+
+def test_xor_is_solved_exactly():
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
+    y = np.array([0, 1, 1, 0])
+    cfg = TrainConfig(
+        hidden=(8,),
+        bias_kind="bias",
+        epochs_round1=100,
+        epochs_round2=100,
+        batch_size=4,
+        val_fraction=0.0,
+        lr_round1=0.05,
+        lr_round2=0.01,
+    )
+    with quiet():
+        net = train_network(X, y, cfg, ThresholdBinarizer(0.5))
+    assert net.predict(X).tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("n_inputs,seed", [(4, 0), (5, 1), (6, 2), (6, 3)])
+def test_random_boolean_functions_are_learned_exactly(n_inputs, seed):
+    X = np.array(list(itertools.product([0, 1], repeat=n_inputs)), dtype=float)
+    y = np.random.default_rng(100 + seed).integers(0, 2, len(X))
+    cfg = TrainConfig(
+        hidden=(128,),
+        bias_kind="bias",
+        epochs_round1=150,
+        epochs_round2=150,
+        batch_size=len(X),
+        val_fraction=0.0,
+        lr_round1=0.03,
+        lr_round2=0.01,
+        seed=seed,
+    )
+    with quiet():
+        net = train_network(np.repeat(X, 4, 0), np.repeat(y, 4), cfg, ThresholdBinarizer(0.5))
+    assert np.array_equal(net.predict(X), y)
+
+
+def test_bad_training_input():
+    X, y = _blobs(50)
+    cfg = TrainConfig(hidden=(4,), epochs_round1=1, epochs_round2=0)
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        train_network(bad, y, cfg)
+    with pytest.raises(InputError, match="out of range"):
+        train_network(X, y, cfg, n_classes=3)
+    with pytest.raises(InputError, match="negative"):
+        train_network(X, y - 1, cfg)
+    with pytest.raises(InputError, match="must match"):
+        train_network(X, y[:-1], cfg)
+    with pytest.raises(InputError, match="whole numbers"):
+        train_network(X, y + 0.5, cfg)
+    with pytest.raises(InputError, match="empty"):
+        train_network(X[:0], y[:0], cfg)
+    with pytest.raises(InputError, match="features"):
+        train_network(X, y, cfg, X_val=X[:, :3], y_val=y)
+    with pytest.raises(InputError, match="optimizer"):
+        TrainConfig(optimizer="lbfgs")
