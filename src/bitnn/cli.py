@@ -124,11 +124,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASETS = ("mnist",)
+
+
+def _dataset_name(args: argparse.Namespace) -> str | None:
+    """A named dataset from --dataset or from DATA itself (``mnist``), else None."""
+    if getattr(args, "dataset", None) and args.data:
+        raise InputError("give either a data file or --dataset, not both")
+    name = getattr(args, "dataset", None) or (args.data if args.data in DATASETS else None)
+    if name is None and not args.data:
+        raise InputError(f"give a data file (.npz or .csv) or --dataset ({', '.join(DATASETS)})")
+    return name
+
+
 def _load_eval_data(
     args: argparse.Namespace, net: BitNetwork
 ) -> tuple[np.ndarray, np.ndarray | None]:
     from bitnn.data.files import load_xy
 
+    if _dataset_name(args) == "mnist":
+        from bitnn.data.mnist import load_mnist
+
+        mnist = load_mnist(args.data_dir)
+        return mnist.X_test, mnist.y_test
     n_features = net.binarizer.n_features_in_ if net.binarizer is not None else None
     return load_xy(args.data, args.label_column, require_labels=False, n_features=n_features)
 
@@ -221,7 +239,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     if output.exists() and not args.force:
         raise InputError(f"{output} already exists; choose another --output or pass --force")
-    X, y = load_xy(args.data, args.label_column)
+    X_val = y_val = None
+    if _dataset_name(args) == "mnist":
+        from bitnn.data.mnist import load_mnist
+
+        mnist = load_mnist(args.data_dir)  # the standard split: train 50,000 + valid 10,000
+        X, y = mnist.X_train[:50000], mnist.y_train[:50000]
+        X_val, y_val = mnist.X_train[50000:], mnist.y_train[50000:]
+    else:
+        X, y = load_xy(args.data, args.label_column)
     config, spec = (None, None) if args.resume else _config_from_args(args)
     binarizer = None if args.resume else binarizer_from_spec(spec)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
@@ -230,6 +256,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         y,
         config,
         binarizer,
+        X_val=X_val,
+        y_val=y_val,
         checkpoint_path=checkpoint,
         resume=args.resume,
         metadata={"command": command, "data": str(args.data), "bitnn_version": __version__},
@@ -289,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=hlp)
         s.add_argument("model")
-        s.add_argument("data", help=".npz (X, y) or .csv")
+        s.add_argument("data", nargs="?", help=".npz (X, y) or .csv, or a dataset name (mnist)")
+        s.add_argument("--dataset", choices=DATASETS, help="a named dataset's test set")
+        s.add_argument("--data-dir", help="folder with the dataset's files (default: cache)")
         s.add_argument("--label-column", help="CSV label column name or index (default: last)")
         s.add_argument("--engine", default=None, help="engine (default: fastest available)")
         if name == "eval":
@@ -299,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
 
     s = sub.add_parser("train", help="train a bitwise network (needs PyTorch)")
-    s.add_argument("data", help=".npz (X, y) or .csv")
+    s.add_argument("data", help=".npz (X, y) or .csv, or a dataset name (mnist)")
+    s.add_argument("--data-dir", help="folder with the dataset's files (default: cache)")
     s.add_argument("-o", "--output", required=True, help="model file to write")
     s.add_argument("--preset", help="named configuration: paper or best")
     s.add_argument("--binarizer", help="e.g. quantile:2:thermometer, threshold:0.5, wta:256:4")

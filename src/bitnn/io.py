@@ -160,6 +160,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
         raise InputError(f"cannot save to {path}: folder {folder} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

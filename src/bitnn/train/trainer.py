@@ -50,8 +50,8 @@ class TrainConfig:
     epochs_round2: int = 10
     batch_size: int = 100
     optimizer: str = "adam"  # adam | adamw | sgd
-    lr_round1: float = 3e-3
-    lr_round2: float = 1e-3
+    lr_round1: float = 1e-2
+    lr_round2: float = 3e-3
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # cosine | exponential | constant (per round)
     weight_decay: float = 0.0
