@@ -254,23 +254,25 @@ class BitNetwork:
 
     # ---- forward on raw inputs ---------------------------------------------------------------
 
-    def binarize(self, X: np.ndarray) -> np.ndarray:
+    def binarize(self, X: np.ndarray, engine: str | None = None) -> np.ndarray:
         """Raw inputs -> packed input bits, with the network's fitted binarizer."""
+        from bitnn.engine import get_engine
+
         if self.binarizer is None:
             raise InputError(
                 "this network has no input binarizer: pass packed bits to forward_packed"
             )
-        return self.binarizer.transform_packed(X)
+        return get_engine(engine).binarize(self.binarizer, X)
 
     def scores(self, X: np.ndarray, engine: str | None = None) -> np.ndarray:
         """Raw inputs -> int32 scores of the last layer (``output="scores"`` networks)."""
         if self.output != "scores":
             raise InputError("this network outputs bits; use predict() to get them")
-        return self.forward_packed(self.binarize(X), engine)
+        return self.forward_packed(self.binarize(X, engine), engine)
 
     def predict(self, X: np.ndarray, engine: str | None = None) -> np.ndarray:
         """Raw inputs -> class indices (argmax, lowest index on ties) or output bits (0/1)."""
-        out = self.forward_packed(self.binarize(X), engine)
+        out = self.forward_packed(self.binarize(X, engine), engine)
         if self.output == "scores":
             return np.argmax(out, axis=1)
         return unpack_bits(out, self.n_outputs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnn.binarize import Binarizer
 from bitnn.bits import pack_bits
 from bitnn.network import BitLayer
 
@@ -32,3 +33,8 @@ def layer_scores(x: np.ndarray, layer: BitLayer) -> np.ndarray:
 def layer_bits(x: np.ndarray, layer: BitLayer) -> np.ndarray:
     """Packed inputs -> packed output bits (bit 1 iff score >= 0, i.e. sign(0) = +1)."""
     return pack_bits(layer_scores(x, layer) >= 0)
+
+
+def binarize(binarizer: Binarizer, X: np.ndarray) -> np.ndarray:
+    """Raw inputs -> packed input bits (the binarizer's own numpy definition)."""
+    return binarizer.transform_packed(X)

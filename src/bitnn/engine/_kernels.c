@@ -1,0 +1,663 @@
+/* Compiled bit kernels for bitnn: fused XNOR/AND/popcount/threshold layers and input
+ * binarization, in three variants chosen at run time from the CPU's features:
+ *   0 portable  plain C, 64-bit popcount (the POPCNT instruction where the CPU has it)
+ *   1 avx2      256-bit XOR + nibble-table popcount (vpshufb) + vpsadbw
+ *   2 avx512    512-bit XOR/ternlog + VPOPCNTQ, compare straight into output bits
+ * The numpy reference engine (reference.py) is the definition; tests hold every variant
+ * bit-exact to it. Python validates shapes and dtypes; this file re-checks buffer sizes so a
+ * wrong call raises instead of reading out of bounds.
+ *
+ * Weight layout ("quads"): output units are padded to a multiple of 32 and stored as
+ * w[q][k][32]: for quad q (units 32q..32q+31) and input word k, the 32 units' words are
+ * contiguous, so one 512-bit load holds word k of 8 units and no horizontal sums are needed.
+ * Padding units have weight 0, mask 0 and limit -1, so they never fire.
+ */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BITNN_X86 1
+#include <immintrin.h>
+#endif
+
+enum { V_PORTABLE = 0, V_AVX2 = 1, V_AVX512 = 2 };
+enum { MODE_BITS = 0, MODE_SCORES = 1 };
+#define QUAD 32
+
+typedef struct {
+    const uint64_t *x;   /* B x K input words */
+    const uint64_t *w;   /* Q x K x 32 */
+    const uint64_t *m;   /* same layout, or NULL: all present */
+    const int64_t *lim;  /* Q*32: bits mode: fire iff count <= lim; scores: score = lim - 2*count */
+    int64_t B, K, Q, n_out, out_words;
+    int mode;
+    uint64_t *out_bits;  /* B x out_words, zero-initialised by the caller */
+    int32_t *out_scores; /* B x n_out */
+} layer_args;
+
+/* Work is cut into items: (row block, quad). A worker runs items [begin, end). */
+typedef void (*layer_fn)(const layer_args *a, int64_t q0, int64_t q1, int64_t r0, int64_t r1);
+
+static inline void emit_counts(const layer_args *a, int64_t r, int64_t q, const int64_t *c) {
+    /* c: 32 mismatch counts for units 32q..32q+31 */
+    const int64_t *lim = a->lim + q * QUAD;
+    if (a->mode == MODE_BITS) {
+        uint32_t bits = 0;
+        for (int l = 0; l < QUAD; l++) bits |= (uint32_t)(c[l] <= lim[l]) << l;
+        memcpy((char *)(a->out_bits + r * a->out_words) + 4 * q, &bits, 4);
+    } else {
+        int64_t base = q * QUAD;
+        int32_t *out = a->out_scores + r * a->n_out;
+        for (int l = 0; l < QUAD && base + l < a->n_out; l++) out[base + l] = (int32_t)(lim[l] - 2 * c[l]);
+    }
+}
+
+/* ---- portable ------------------------------------------------------------------------------ */
+
+static inline __attribute__((always_inline)) void portable_body(const layer_args *a, int64_t q0,
+                                                                int64_t q1, int64_t r0, int64_t r1) {
+    const int64_t K = a->K;
+    int64_t c[QUAD];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint64_t *xr = a->x + r * K;
+        for (int64_t q = q0; q < q1; q++) {
+            const uint64_t *wq = a->w + q * K * QUAD;
+            const uint64_t *mq = a->m ? a->m + q * K * QUAD : NULL;
+            memset(c, 0, sizeof c);
+            for (int64_t k = 0; k < K; k++) {
+                uint64_t xv = xr[k];
+                const uint64_t *wk = wq + k * QUAD;
+                if (mq) {
+                    const uint64_t *mk = mq + k * QUAD;
+                    for (int l = 0; l < QUAD; l++) c[l] += __builtin_popcountll((xv ^ wk[l]) & mk[l]);
+                } else {
+                    for (int l = 0; l < QUAD; l++) c[l] += __builtin_popcountll(xv ^ wk[l]);
+                }
+            }
+            emit_counts(a, r, q, c);
+        }
+    }
+}
+
+static void layer_portable_generic(const layer_args *a, int64_t q0, int64_t q1, int64_t r0, int64_t r1) {
+    portable_body(a, q0, q1, r0, r1);
+}
+
+#ifdef BITNN_X86
+__attribute__((target("popcnt"))) static void layer_portable_popcnt(const layer_args *a, int64_t q0,
+                                                                     int64_t q1, int64_t r0, int64_t r1) {
+    portable_body(a, q0, q1, r0, r1);
+}
+
+/* ---- AVX2 ---------------------------------------------------------------------------------- */
+
+/* Byte-wise popcount of v (each byte 0..8) with the nibble table in lut. */
+__attribute__((target("avx2"))) static inline __m256i popcnt_bytes(__m256i v, __m256i lut, __m256i low) {
+    __m256i lo = _mm256_and_si256(v, low);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+__attribute__((target("avx2,popcnt"))) static void layer_avx2(const layer_args *a, int64_t q0,
+                                                              int64_t q1, int64_t r0, int64_t r1) {
+    const int64_t K = a->K;
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
+                                         2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    int64_t c[QUAD] __attribute__((aligned(32)));
+    for (int64_t r = r0; r < r1; r++) {
+        const uint64_t *xr = a->x + r * K;
+        for (int64_t q = q0; q < q1; q++) {
+            const uint64_t *wq = a->w + q * K * QUAD;
+            const uint64_t *mq = a->m ? a->m + q * K * QUAD : NULL;
+            __m256i acc[8], bytes[8];
+            for (int i = 0; i < 8; i++) acc[i] = zero;
+            for (int64_t k0 = 0; k0 < K; k0 += 31) { /* byte counters hold 31 words (<= 248) */
+                int64_t k1 = k0 + 31 < K ? k0 + 31 : K;
+                for (int i = 0; i < 8; i++) bytes[i] = zero;
+                for (int64_t k = k0; k < k1; k++) {
+                    __m256i xb = _mm256_set1_epi64x((long long)xr[k]);
+                    const __m256i *wk = (const __m256i *)(wq + k * QUAD);
+                    for (int i = 0; i < 8; i++) {
+                        __m256i v = _mm256_xor_si256(xb, _mm256_loadu_si256(wk + i));
+                        if (mq) v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(mq + k * QUAD) + i));
+                        bytes[i] = _mm256_add_epi8(bytes[i], popcnt_bytes(v, lut, low));
+                    }
+                }
+                for (int i = 0; i < 8; i++) acc[i] = _mm256_add_epi64(acc[i], _mm256_sad_epu8(bytes[i], zero));
+            }
+            for (int i = 0; i < 8; i++) _mm256_store_si256((__m256i *)(c + 4 * i), acc[i]);
+            emit_counts(a, r, q, c);
+        }
+    }
+}
+
+/* ---- AVX-512 ------------------------------------------------------------------------------- */
+
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,bmi2,popcnt")))
+
+/* R rows x one quad (4 vectors of 8 units): R*4 accumulators; weights loaded once per word. */
+#define DEFINE_AVX512_TILE(R)                                                                      \
+    AVX512_TARGET static inline __attribute__((always_inline)) void avx512_tile_##R(             \
+        const layer_args *a, int64_t r, int64_t q) {                                             \
+        const int64_t K = a->K;                                                                  \
+        const uint64_t *wq = a->w + q * K * QUAD;                                                \
+        const uint64_t *mq = a->m ? a->m + q * K * QUAD : NULL;                                  \
+        const uint64_t *xr = a->x + r * K;                                                       \
+        __m512i acc[R][4];                                                                       \
+        for (int i = 0; i < R; i++)                                                              \
+            for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_si512();                      \
+        if (mq) {                                                                                \
+            for (int64_t k = 0; k < K; k++) {                                                    \
+                __m512i w[4], m[4];                                                              \
+                for (int j = 0; j < 4; j++) {                                                    \
+                    w[j] = _mm512_loadu_si512(wq + k * QUAD + 8 * j);                            \
+                    m[j] = _mm512_loadu_si512(mq + k * QUAD + 8 * j);                            \
+                }                                                                                \
+                for (int i = 0; i < R; i++) {                                                    \
+                    __m512i xb = _mm512_set1_epi64((long long)xr[i * K + k]);                    \
+                    for (int j = 0; j < 4; j++) /* (x ^ w) & m in one instruction */             \
+                        acc[i][j] = _mm512_add_epi64(                                            \
+                            acc[i][j], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(xb, w[j], m[j], 0x28))); \
+                }                                                                                \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (int64_t k = 0; k < K; k++) {                                                    \
+                __m512i w[4];                                                                    \
+                for (int j = 0; j < 4; j++) w[j] = _mm512_loadu_si512(wq + k * QUAD + 8 * j);    \
+                for (int i = 0; i < R; i++) {                                                    \
+                    __m512i xb = _mm512_set1_epi64((long long)xr[i * K + k]);                    \
+                    for (int j = 0; j < 4; j++)                                                  \
+                        acc[i][j] = _mm512_add_epi64(acc[i][j],                                  \
+                                                     _mm512_popcnt_epi64(_mm512_xor_si512(xb, w[j]))); \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        const int64_t *lim = a->lim + q * QUAD;                                                  \
+        if (a->mode == MODE_BITS) {                                                              \
+            for (int i = 0; i < R; i++) {                                                        \
+                uint32_t bits = 0;                                                               \
+                for (int j = 0; j < 4; j++)                                                      \
+                    bits |= (uint32_t)_mm512_cmple_epi64_mask(acc[i][j], _mm512_loadu_si512(lim + 8 * j)) \
+                            << (8 * j);                                                          \
+                memcpy((char *)(a->out_bits + (r + i) * a->out_words) + 4 * q, &bits, 4);        \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (int i = 0; i < R; i++) {                                                        \
+                int64_t c[QUAD];                                                                 \
+                for (int j = 0; j < 4; j++) _mm512_storeu_si512(c + 8 * j, acc[i][j]);           \
+                emit_counts(a, r + i, q, c);                                                     \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+DEFINE_AVX512_TILE(1)
+DEFINE_AVX512_TILE(4)
+
+AVX512_TARGET static void layer_avx512(const layer_args *a, int64_t q0, int64_t q1, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        for (int64_t q = q0; q < q1; q++) avx512_tile_4(a, r, q);
+    for (; r < r1; r++)
+        for (int64_t q = q0; q < q1; q++) avx512_tile_1(a, r, q);
+}
+#endif /* BITNN_X86 */
+
+/* ---- CPU features and the kernel table ----------------------------------------------------- */
+
+static int cpu_has(int variant) {
+#ifdef BITNN_X86
+    __builtin_cpu_init();
+    if (variant == V_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    if (variant == V_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq") &&
+               __builtin_cpu_supports("bmi2");
+#endif
+    return variant == V_PORTABLE;
+}
+
+static layer_fn layer_kernel(int variant) {
+#ifdef BITNN_X86
+    if (variant == V_AVX512) return layer_avx512;
+    if (variant == V_AVX2) return layer_avx2;
+    if (__builtin_cpu_supports("popcnt")) return layer_portable_popcnt;
+#endif
+    return layer_portable_generic;
+}
+
+/* ---- input binarization -------------------------------------------------------------------- */
+/* Per feature f and edge j: t_j = (x_f >= edge[j][f]). Output bit b of feature f (at unit f*k+b)
+ * is c0_b XOR (XOR of t_j over j in flips_b): exact for any code over sorted edges, since the
+ * t_j are nested. Thresholds are float32, or for uint8 input uint16 ceil(edge) in [0, 256]. */
+
+typedef struct {
+    const void *x;      /* B x F, uint8 or float32 */
+    int is_u8;
+    const void *thr;    /* E x F_pad (uint16 for u8 input, float32 otherwise) */
+    int64_t B, F, F_pad, E, k, out_words;
+    const uint64_t *flips; /* k masks over the E edges */
+    uint64_t c0;        /* bit b: code bit b at level 0 */
+    uint64_t *out;      /* B x out_words, zero-initialised */
+    atomic_int bad;     /* set when a float input is NaN or infinite */
+} bin_args;
+
+typedef void (*bin_fn)(bin_args *a, int64_t r0, int64_t r1);
+
+static inline __attribute__((always_inline)) void bin_portable_body(bin_args *a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        uint64_t *out = a->out + r * a->out_words;
+        for (int64_t f = 0; f < a->F; f++) {
+            uint64_t t = 0;
+            if (a->is_u8) {
+                uint16_t v = ((const uint8_t *)a->x)[r * a->F + f];
+                const uint16_t *thr = (const uint16_t *)a->thr;
+                for (int64_t j = 0; j < a->E; j++) t |= (uint64_t)(v >= thr[j * a->F_pad + f]) << j;
+            } else {
+                float v = ((const float *)a->x)[r * a->F + f];
+                if (!__builtin_isfinite(v)) atomic_store(&a->bad, 1);
+                const float *thr = (const float *)a->thr;
+                for (int64_t j = 0; j < a->E; j++) t |= (uint64_t)(v >= thr[j * a->F_pad + f]) << j;
+            }
+            for (int64_t b = 0; b < a->k; b++) {
+                uint64_t bit = ((a->c0 >> b) & 1) ^ (__builtin_popcountll(t & a->flips[b]) & 1);
+                int64_t u = f * a->k + b;
+                out[u >> 6] |= bit << (u & 63);
+            }
+        }
+    }
+}
+
+static void bin_portable_generic(bin_args *a, int64_t r0, int64_t r1) { bin_portable_body(a, r0, r1); }
+
+#ifdef BITNN_X86
+__attribute__((target("popcnt"))) static void bin_portable_popcnt(bin_args *a, int64_t r0, int64_t r1) {
+    bin_portable_body(a, r0, r1);
+}
+
+/* 32 features at a time: edge masks by vector compares, code bits by XOR of masks, then pdep
+ * spreads each code bit to every k-th position. For k in {1, 2, 4, 8}. */
+AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
+    const int64_t k = a->k, fpw = 64 / k, F = a->F;
+    uint64_t spread[8];
+    for (int64_t b = 0; b < k; b++) {
+        spread[b] = 0;
+        for (int64_t i = 0; i < fpw; i++) spread[b] |= 1ULL << (i * k + b);
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        uint64_t *out = a->out + r * a->out_words;
+        for (int64_t f0 = 0; f0 < F; f0 += 32) {
+            int64_t n = F - f0 < 32 ? F - f0 : 32;
+            uint32_t valid = n == 32 ? 0xffffffffu : ((1u << n) - 1);
+            uint32_t t[64];
+            if (a->is_u8) {
+                __m256i xb = _mm256_maskz_loadu_epi8(valid, (const uint8_t *)a->x + r * F + f0);
+                __m512i xw = _mm512_cvtepu8_epi16(xb);
+                const uint16_t *thr = (const uint16_t *)a->thr + f0;
+                for (int64_t j = 0; j < a->E; j++)
+                    t[j] = _mm512_cmpge_epu16_mask(xw, _mm512_loadu_si512(thr + j * a->F_pad));
+            } else {
+                const float *xs = (const float *)a->x + r * F + f0;
+                __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(valid & 0xffff), xs);
+                __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(valid >> 16), xs + 16);
+                /* x - x is 0 for finite x and NaN for NaN or infinity */
+                __mmask16 bad = _mm512_cmp_ps_mask(_mm512_sub_ps(lo, lo), _mm512_setzero_ps(), _CMP_NEQ_UQ) |
+                                _mm512_cmp_ps_mask(_mm512_sub_ps(hi, hi), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+                if (bad) atomic_store(&a->bad, 1);
+                const float *thr = (const float *)a->thr + f0;
+                for (int64_t j = 0; j < a->E; j++) {
+                    const float *tj = thr + j * a->F_pad;
+                    t[j] = (uint32_t)_mm512_cmp_ps_mask(lo, _mm512_loadu_ps(tj), _CMP_GE_OQ) |
+                           (uint32_t)_mm512_cmp_ps_mask(hi, _mm512_loadu_ps(tj + 16), _CMP_GE_OQ) << 16;
+                }
+            }
+            uint32_t v[8];
+            for (int64_t b = 0; b < k; b++) {
+                uint32_t acc = ((a->c0 >> b) & 1) ? 0xffffffffu : 0;
+                uint64_t fl = a->flips[b];
+                while (fl) {
+                    acc ^= t[__builtin_ctzll(fl)];
+                    fl &= fl - 1;
+                }
+                v[b] = acc & valid;
+            }
+            if (k == 1) {
+                memcpy((char *)out + 4 * (f0 / 32), &v[0], 4);
+                continue;
+            }
+            /* 32 features -> 32*k bits = k/2 words */
+            for (int64_t wi = 0; wi < k / 2; wi++) {
+                int64_t word = f0 * k / 64 + wi;
+                if (word >= a->out_words) break;
+                uint64_t acc = 0;
+                for (int64_t b = 0; b < k; b++)
+                    acc |= _pdep_u64((v[b] >> (wi * fpw)) & ((fpw == 64) ? ~0ULL : ((1ULL << fpw) - 1)), spread[b]);
+                out[word] = acc;
+            }
+        }
+    }
+}
+#endif
+
+static bin_fn bin_kernel(int variant, int64_t k) {
+#ifdef BITNN_X86
+    if (variant == V_AVX512 && (k == 1 || k == 2 || k == 4 || k == 8)) return bin_avx512;
+    if (__builtin_cpu_supports("popcnt")) return bin_portable_popcnt;
+#endif
+    (void)variant;
+    (void)k;
+    return bin_portable_generic;
+}
+
+/* ---- a small persistent thread pool -------------------------------------------------------- */
+/* Workers spin briefly after each job (back-to-back layer calls are common) and then sleep on
+ * a condition variable. One job at a time; a caller that finds the pool busy runs alone. */
+
+#define MAX_THREADS 64
+#define SPIN_NS 200000
+
+typedef struct {
+    void (*run)(void *ctx, int part, int nparts);
+    void *ctx;
+    int nparts;
+} job_t;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;  /* guards start/stop and sleeping */
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;   /* one job at a time */
+static pthread_t pool_threads[MAX_THREADS];
+static int pool_size = 0; /* workers started (excluding the caller) */
+static job_t pool_job;
+static atomic_uint pool_gen = 0;
+static atomic_int pool_done = 0;
+static int pool_sleeping = 0;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#ifdef BITNN_X86
+    _mm_pause();
+#endif
+}
+
+static unsigned pool_start_gen[MAX_THREADS + 1];
+
+static void *pool_worker(void *arg) {
+    int id = (int)(intptr_t)arg; /* 1..pool_size */
+    unsigned seen = pool_start_gen[id]; /* the generation before its first job */
+    for (;;) {
+        int64_t start = now_ns();
+        unsigned gen;
+        int spins = 0;
+        while ((gen = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen) {
+            cpu_relax();
+            if (++spins % 1024 == 0 && now_ns() - start > SPIN_NS) {
+                pthread_mutex_lock(&pool_mu);
+                pool_sleeping++;
+                while (atomic_load(&pool_gen) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+                pool_sleeping--;
+                pthread_mutex_unlock(&pool_mu);
+                start = now_ns();
+            }
+        }
+        seen = gen;
+        job_t job = pool_job;
+        if (id < job.nparts) job.run(job.ctx, id, job.nparts);
+        atomic_fetch_add_explicit(&pool_done, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+static int available_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+    return 1;
+}
+
+static int max_threads = 0; /* 0: not decided yet */
+
+static int thread_limit(void) {
+    if (max_threads == 0) {
+        int n = available_cpus();
+        const char *env = getenv("BITNN_THREADS");
+        if (env && atoi(env) > 0) n = atoi(env);
+        max_threads = n < 1 ? 1 : (n > MAX_THREADS ? MAX_THREADS : n);
+    }
+    return max_threads;
+}
+
+static void pool_reset_after_fork(void) {
+    /* The child has only the forking thread: forget the workers and start new ones lazily. */
+    pool_size = 0;
+    pool_sleeping = 0;
+    atomic_store(&pool_done, 0);
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_mutex_init(&job_mu, NULL);
+    pthread_cond_init(&pool_cv, NULL);
+}
+
+static int pool_ensure(int workers) {
+    while (pool_size < workers) {
+        pool_start_gen[pool_size + 1] = atomic_load(&pool_gen);
+        if (pthread_create(&pool_threads[pool_size], NULL, pool_worker, (void *)(intptr_t)(pool_size + 1)) != 0)
+            break;
+        pthread_detach(pool_threads[pool_size]);
+        pool_size++;
+    }
+    return pool_size;
+}
+
+/* Run job parts 0..nparts-1, part 0 on the calling thread. */
+static void pool_run(void (*run)(void *, int, int), void *ctx, int nparts) {
+    if (nparts > 1 && pthread_mutex_trylock(&job_mu) == 0) {
+        int workers = pool_ensure(nparts - 1);
+        if (workers > 0) {
+            int parts = workers + 1 < nparts ? workers + 1 : nparts;
+            pool_job.run = run;
+            pool_job.ctx = ctx;
+            pool_job.nparts = parts;
+            atomic_store(&pool_done, 0);
+            pthread_mutex_lock(&pool_mu);
+            atomic_fetch_add_explicit(&pool_gen, 1, memory_order_release);
+            if (pool_sleeping) pthread_cond_broadcast(&pool_cv);
+            pthread_mutex_unlock(&pool_mu);
+            run(ctx, 0, parts);
+            while (atomic_load_explicit(&pool_done, memory_order_acquire) < workers) cpu_relax();
+            pthread_mutex_unlock(&job_mu);
+            return;
+        }
+        pthread_mutex_unlock(&job_mu);
+    }
+    run(ctx, 0, 1);
+}
+
+/* ---- splitting work ------------------------------------------------------------------------ */
+
+typedef struct {
+    layer_fn fn;
+    const layer_args *a;
+} layer_job;
+
+static void run_layer_part(void *ctx, int part, int nparts) {
+    layer_job *j = ctx;
+    const layer_args *a = j->a;
+    /* Split over quads (each thread keeps its share of the weights in its own cache) when there
+     * are enough, else over rows. */
+    if (a->Q >= nparts * 2 || a->B < nparts) {
+        int64_t q0 = a->Q * part / nparts, q1 = a->Q * (part + 1) / nparts;
+        if (q1 > q0) j->fn(a, q0, q1, 0, a->B);
+    } else {
+        int64_t r0 = a->B * part / nparts, r1 = a->B * (part + 1) / nparts;
+        if (r1 > r0) j->fn(a, 0, a->Q, r0, r1);
+    }
+}
+
+typedef struct {
+    bin_fn fn;
+    bin_args *a;
+} bin_job;
+
+static void run_bin_part(void *ctx, int part, int nparts) {
+    bin_job *j = ctx;
+    int64_t r0 = j->a->B * part / nparts, r1 = j->a->B * (part + 1) / nparts;
+    if (r1 > r0) j->fn(j->a, r0, r1);
+}
+
+/* Below this many bit pairs a call runs on one thread: waking others costs more. */
+#define PARALLEL_MIN_BITS (1LL << 21)
+
+static int choose_threads(int64_t work_bits, int requested) {
+    int limit = thread_limit();
+    if (requested > 0 && requested < limit) limit = requested;
+    if (work_bits < PARALLEL_MIN_BITS) return 1;
+    return limit;
+}
+
+/* ---- Python glue --------------------------------------------------------------------------- */
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t need, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) != 0) return -1;
+    if (view->len < need) {
+        PyErr_Format(PyExc_ValueError, "%s buffer holds %zd bytes, needs %zd", what, view->len, need);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_variant(int variant) {
+    if (variant < V_PORTABLE || variant > V_AVX512 || !cpu_has(variant)) {
+        PyErr_Format(PyExc_ValueError, "kernel variant %d is not available on this CPU", variant);
+        return -1;
+    }
+    return 0;
+}
+
+/* layer(variant, x, w, m_or_None, lim, B, K, Q, n_out, mode, out, threads) */
+static PyObject *py_layer(PyObject *self, PyObject *args) {
+    int variant, mode, threads;
+    PyObject *xo, *wo, *mo, *lo, *oo;
+    long long B, K, Q, n_out;
+    if (!PyArg_ParseTuple(args, "iOOOOLLLLiOi", &variant, &xo, &wo, &mo, &lo, &B, &K, &Q, &n_out, &mode, &oo,
+                          &threads))
+        return NULL;
+    if (check_variant(variant)) return NULL;
+    if (B < 0 || K < 1 || Q < 1 || n_out < 1 || n_out > Q * QUAD || (mode != MODE_BITS && mode != MODE_SCORES)) {
+        PyErr_SetString(PyExc_ValueError, "invalid layer dimensions or mode");
+        return NULL;
+    }
+    int64_t out_words = (n_out + 63) / 64;
+    Py_buffer xb, wb, mb, lb, ob;
+    int have_m = mo != Py_None;
+    if (get_buffer(xo, &xb, 0, B * K * 8, "input")) return NULL;
+    if (get_buffer(wo, &wb, 0, Q * K * QUAD * 8, "weight")) goto fail_x;
+    if (have_m && get_buffer(mo, &mb, 0, Q * K * QUAD * 8, "mask")) goto fail_w;
+    if (get_buffer(lo, &lb, 0, Q * QUAD * 8, "limit")) goto fail_m;
+    if (get_buffer(oo, &ob, 1, mode == MODE_BITS ? B * out_words * 8 : B * n_out * 4, "output")) goto fail_l;
+    layer_args a = {xb.buf, wb.buf, have_m ? mb.buf : NULL, lb.buf, B, K, Q, n_out, out_words, mode,
+                    mode == MODE_BITS ? ob.buf : NULL, mode == MODE_SCORES ? ob.buf : NULL};
+    layer_job job = {layer_kernel(variant), &a};
+    int nthreads = choose_threads(B * K * 64 * n_out, threads);
+    if (B > 0) {
+        Py_BEGIN_ALLOW_THREADS pool_run(run_layer_part, &job, nthreads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&lb);
+    if (have_m) PyBuffer_Release(&mb);
+    PyBuffer_Release(&wb);
+    PyBuffer_Release(&xb);
+    Py_RETURN_NONE;
+fail_l:
+    PyBuffer_Release(&lb);
+fail_m:
+    if (have_m) PyBuffer_Release(&mb);
+fail_w:
+    PyBuffer_Release(&wb);
+fail_x:
+    PyBuffer_Release(&xb);
+    return NULL;
+}
+
+/* binarize(variant, x, is_u8, thr, B, F, F_pad, E, k, flips, c0, out, threads) -> bad (bool) */
+static PyObject *py_binarize(PyObject *self, PyObject *args) {
+    int variant, is_u8, threads;
+    PyObject *xo, *to, *fo, *oo;
+    long long B, F, F_pad, E, k;
+    unsigned long long c0;
+    if (!PyArg_ParseTuple(args, "iOiOLLLLLOKOi", &variant, &xo, &is_u8, &to, &B, &F, &F_pad, &E, &k, &fo, &c0,
+                          &oo, &threads))
+        return NULL;
+    if (check_variant(variant)) return NULL;
+    if (B < 0 || F < 1 || F_pad < F || F_pad % 32 || E < 1 || E > 64 || k < 1 || k > 64) {
+        PyErr_SetString(PyExc_ValueError, "invalid binarizer dimensions");
+        return NULL;
+    }
+    int64_t out_words = (F * k + 63) / 64;
+    Py_buffer xb, tb, fb, ob;
+    if (get_buffer(xo, &xb, 0, B * F * (is_u8 ? 1 : 4), "input")) return NULL;
+    if (get_buffer(to, &tb, 0, E * F_pad * (is_u8 ? 2 : 4), "thresholds")) goto fail_x;
+    if (get_buffer(fo, &fb, 0, k * 8, "flips")) goto fail_t;
+    if (get_buffer(oo, &ob, 1, B * out_words * 8, "output")) goto fail_f;
+    bin_args a = {xb.buf, is_u8, tb.buf, B, F, F_pad, E, k, out_words, fb.buf, c0, ob.buf, 0};
+    bin_job job = {bin_kernel(variant, k), &a};
+    int nthreads = choose_threads(B * F * E * 64, threads);
+    if (B > 0) {
+        Py_BEGIN_ALLOW_THREADS pool_run(run_bin_part, &job, nthreads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&tb);
+    PyBuffer_Release(&xb);
+    return PyBool_FromLong(atomic_load(&a.bad));
+fail_f:
+    PyBuffer_Release(&fb);
+fail_t:
+    PyBuffer_Release(&tb);
+fail_x:
+    PyBuffer_Release(&xb);
+    return NULL;
+}
+
+static PyObject *py_available(PyObject *self, PyObject *noargs) {
+    PyObject *out = PyList_New(0);
+    const char *names[] = {"portable", "avx2", "avx512"};
+    for (int v = V_PORTABLE; v <= V_AVX512; v++)
+        if (cpu_has(v)) {
+            PyObject *s = PyUnicode_FromString(names[v]);
+            PyList_Append(out, s);
+            Py_DECREF(s);
+        }
+    return out;
+}
+
+static PyObject *py_threads(PyObject *self, PyObject *noargs) { return PyLong_FromLong(thread_limit()); }
+
+static PyMethodDef methods[] = {
+    {"layer", py_layer, METH_VARARGS, "Fused bit layer on packed inputs."},
+    {"binarize", py_binarize, METH_VARARGS, "Edge binarizer: raw inputs to packed bits."},
+    {"available", py_available, METH_NOARGS, "Kernel variants this CPU runs."},
+    {"threads", py_threads, METH_NOARGS, "Most threads a call uses."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "bitnn compiled bit kernels", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    pthread_atfork(NULL, NULL, pool_reset_after_fork);
+    return PyModule_Create(&module);
+}

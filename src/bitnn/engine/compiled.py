@@ -1,0 +1,216 @@
+"""The compiled engine: C kernels (``_kernels.c``) in three variants chosen at run time.
+
+``portable`` (plain C, 64-bit popcount), ``avx2`` and ``avx512`` (VPOPCNTDQ). The best variant
+the CPU runs is used unless ``BITNN_KERNEL=portable|avx2|avx512`` forces one. Weights are laid
+out for the kernels once per layer (cached on the layer); arrays are validated here, so a
+wrong dtype, shape or memory layout is converted or refused, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from bitnn.binarize import Binarizer, ThresholdBinarizer, _EdgeBinarizer, check_features
+from bitnn.bits import WORD_DTYPE, n_words
+from bitnn.errors import InputError
+from bitnn.network import BitLayer
+
+try:
+    from bitnn.engine import _kernels
+except ImportError:  # the extension did not build: callers fall back to the reference
+    _kernels = None
+
+VARIANTS = ("portable", "avx2", "avx512")
+QUAD = 32  # output units per kernel panel
+
+
+def extension_available() -> bool:
+    return _kernels is not None
+
+
+def available_variants() -> list[str]:
+    return list(_kernels.available()) if _kernels is not None else []
+
+
+def default_variant() -> str:
+    """``BITNN_KERNEL`` if set, else the fastest variant this CPU runs."""
+    forced = os.environ.get("BITNN_KERNEL", "").strip().lower()
+    avail = available_variants()
+    if forced:
+        if forced not in VARIANTS:
+            raise InputError(f"BITNN_KERNEL={forced!r} is not one of {VARIANTS}")
+        if forced not in avail:
+            raise InputError(f"BITNN_KERNEL={forced} is not supported by this CPU ({avail} are)")
+        return forced
+    return avail[-1]
+
+
+def thread_limit() -> int:
+    return _kernels.threads() if _kernels is not None else 1
+
+
+@dataclass
+class KernelLayout:
+    """A layer's weights in the kernels' layout: units padded to 32, ``w[q][k][32]``."""
+
+    weight: np.ndarray
+    mask: np.ndarray | None
+    limit: np.ndarray  # fire iff count <= limit (padding units: -1, never)
+    offset: np.ndarray  # score = offset - 2 * count  (offset = n_present - threshold)
+    n_quads: int
+
+
+def _to_quads(words: np.ndarray, n_quads: int) -> np.ndarray:
+    n_out, k = words.shape
+    padded = np.zeros((n_quads * QUAD, k), dtype=WORD_DTYPE)
+    padded[:n_out] = words
+    return np.ascontiguousarray(padded.reshape(n_quads, QUAD, k).transpose(0, 2, 1))
+
+
+def kernel_layout(layer: BitLayer) -> KernelLayout:
+    cached = getattr(layer, "_kernel_layout", None)
+    if cached is not None:
+        return cached
+    q = -(-layer.n_out // QUAD)
+    limit = np.full(q * QUAD, -1, dtype=np.int64)
+    limit[: layer.n_out] = layer.popcount_limit
+    offset = np.zeros(q * QUAD, dtype=np.int64)
+    offset[: layer.n_out] = layer.n_present.astype(np.int64) - layer.threshold
+    layout = KernelLayout(
+        _to_quads(layer.weight, q),
+        None if layer.mask is None else _to_quads(layer.mask, q),
+        limit,
+        offset,
+        q,
+    )
+    layer._kernel_layout = layout  # type: ignore[attr-defined]
+    return layout
+
+
+def _check_input(x: np.ndarray, n_in: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != n_words(n_in):
+        raise InputError(f"packed input must have shape (batch, {n_words(n_in)}), got {x.shape}")
+    if x.dtype.kind != "u" or x.dtype.itemsize != 8:
+        raise InputError(f"packed input must be uint64 words, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=WORD_DTYPE)  # copies non-contiguous views
+
+
+class CompiledEngine:
+    """An engine bound to one kernel variant; same interface as ``reference``."""
+
+    def __init__(self, variant: str | None = None, threads: int = 0) -> None:
+        if _kernels is None:
+            raise InputError(
+                "the compiled kernels are not built; reinstall bitnn with a C compiler"
+            )
+        variant = variant or default_variant()
+        if variant not in available_variants():
+            raise InputError(
+                f"kernel variant {variant!r} is not available here ({available_variants()} are)"
+            )
+        self.variant = variant
+        self.NAME = f"compiled-{variant}"
+        self._code = VARIANTS.index(variant)
+        self.threads = threads  # 0: the kernels' own choice
+
+    def __repr__(self) -> str:
+        return f"CompiledEngine({self.variant!r})"
+
+    def _run(self, x: np.ndarray, layer: BitLayer, mode: int) -> np.ndarray:
+        x = _check_input(x, layer.n_in)
+        lay = kernel_layout(layer)
+        b = x.shape[0]
+        if mode == 0:
+            out = np.zeros((b, n_words(layer.n_out)), dtype=WORD_DTYPE)
+            lim = lay.limit
+        else:
+            out = np.empty((b, layer.n_out), dtype=np.int32)
+            lim = lay.offset
+        _kernels.layer(
+            self._code, x, lay.weight, lay.mask, lim, b, x.shape[1], lay.n_quads,
+            layer.n_out, mode, out, self.threads,
+        )  # fmt: skip
+        return out
+
+    def layer_bits(self, x: np.ndarray, layer: BitLayer) -> np.ndarray:
+        return self._run(x, layer, 0)
+
+    def layer_scores(self, x: np.ndarray, layer: BitLayer) -> np.ndarray:
+        return self._run(x, layer, 1)
+
+    def binarize(self, binarizer: Binarizer, X: np.ndarray) -> np.ndarray:
+        """Raw inputs -> packed bits, in C for threshold/quantile/Lloyd-Max binarizers."""
+        plan = _binarize_plan(binarizer)
+        if plan is None:
+            return binarizer.transform_packed(X)
+        binarizer._check_fitted()
+        a = np.asarray(X)
+        is_u8 = a.dtype == np.uint8 and a.ndim == 2
+        if not is_u8:
+            if a.dtype != np.float32 or a.ndim != 2:
+                a = check_features(a, binarizer.n_features_in_)  # validates, converts to float32
+        if a.shape[0] == 0 or a.shape[1] != binarizer.n_features_in_:
+            check_features(a, binarizer.n_features_in_)  # raises the specific error
+        a = np.ascontiguousarray(a)
+        thr = plan.thr_u8 if is_u8 else plan.thr_f32
+        out = np.zeros((a.shape[0], n_words(binarizer.n_bits_out_)), dtype=WORD_DTYPE)
+        bad = _kernels.binarize(
+            self._code, a, int(is_u8), thr, a.shape[0], a.shape[1], plan.f_pad, plan.n_edges,
+            plan.k, plan.flips, plan.c0, out, self.threads,
+        )  # fmt: skip
+        if bad:
+            check_features(a, binarizer.n_features_in_)  # raises with the row and column
+        return out
+
+
+def _level_codes(b: _EdgeBinarizer) -> np.ndarray:
+    """Code bits (n_levels, k) of every level, as the binarizer encodes them."""
+    from bitnn.binarize import _encode_levels
+
+    levels = np.arange(b.n_levels, dtype=np.uint8)[:, None]
+    return _encode_levels(levels, b.n_bits, b.code)
+
+
+def _binarize_plan(b: Binarizer) -> SimpleNamespace | None:
+    """Edges and code transitions for the C binarizer (cached), or None if not supported."""
+    cached = getattr(b, "_kernel_plan", None)
+    if cached is not None and cached.edges_id is _edges_of(b):
+        return cached
+    if isinstance(b, ThresholdBinarizer):
+        edges = b.thresholds_[:, None]
+        codes = np.array([[0], [1]], dtype=np.uint8)
+    elif isinstance(b, _EdgeBinarizer):
+        edges = b.edges_
+        codes = _level_codes(b)
+    else:
+        return None
+    f, e = edges.shape
+    k = codes.shape[1]
+    if e > 64:
+        return None
+    f_pad = -(-f // 32) * 32
+    thr_f32 = np.zeros((e, f_pad), dtype=np.float32)
+    thr_f32[:, :f] = edges.T
+    # For integer inputs, x >= e  <=>  x >= ceil(e); clipped to [0, 256] (256: never).
+    thr_u8 = np.zeros((e, f_pad), dtype=np.uint16)
+    thr_u8[:, :f] = np.clip(np.ceil(edges.T.astype(np.float64)), 0, 256).astype(np.uint16)
+    flips = np.zeros(k, dtype=np.uint64)
+    for bit in range(k):
+        changes = np.nonzero(codes[1:, bit] != codes[:-1, bit])[0]
+        flips[bit] = sum(1 << int(j) for j in changes)
+    c0 = sum(int(codes[0, bit]) << bit for bit in range(k))
+    plan = SimpleNamespace(
+        thr_f32=thr_f32, thr_u8=thr_u8, flips=flips, c0=c0, k=k, n_edges=e, f_pad=f_pad,
+        edges_id=_edges_of(b),
+    )  # fmt: skip
+    b._kernel_plan = plan  # type: ignore[attr-defined]
+    return plan
+
+
+def _edges_of(b: Binarizer) -> object:
+    return getattr(b, "edges_", getattr(b, "thresholds_", None))

@@ -1,0 +1,233 @@
+"""Every compiled kernel variant against the numpy reference engine, bit for bit."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitnn.binarize import (
+    LloydMaxBinarizer,
+    QuantileBinarizer,
+    ThresholdBinarizer,
+    WTAHashBinarizer,
+)
+from bitnn.bits import pack_signs
+from bitnn.engine import compiled, get_engine, reference
+from bitnn.errors import InputError
+from bitnn.network import BitLayer, BitNetwork
+
+pytestmark = pytest.mark.skipif(not compiled.extension_available(), reason="kernels not built")
+VARIANTS = compiled.available_variants() if compiled.extension_available() else []
+
+
+def random_layer(rng, n_in, n_out, kind, sparse):
+    w = rng.choice([-1, 1], size=(n_out, n_in))
+    if sparse:
+        w[rng.random(w.shape) < rng.uniform(0.05, 0.9)] = 0
+    if kind == "bias":
+        return BitLayer.from_values(w, bias=rng.choice([-1, 1], n_out))
+    if kind == "threshold":
+        return BitLayer.from_values(w, threshold=rng.integers(-n_in - 2, n_in + 3, n_out))
+    return BitLayer.from_values(w)
+
+
+@st.composite
+def cases(draw):
+    n_in = draw(st.one_of(st.integers(1, 300), st.sampled_from([64, 128, 1000, 2048])))
+    n_out = draw(st.one_of(st.integers(1, 100), st.sampled_from([32, 64, 65, 257])))
+    batch = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 7, 64, 300]))
+    kind = draw(st.sampled_from(["bias", "threshold", "none"]))
+    sparse = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    return n_in, n_out, batch, kind, sparse, seed
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@settings(max_examples=60, deadline=None)
+@given(case=cases())
+def test_variant_matches_reference(variant, case):
+    n_in, n_out, batch, kind, sparse, seed = case
+    rng = np.random.default_rng(seed)
+    layer = random_layer(rng, n_in, n_out, kind, sparse)
+    x = pack_signs(rng.choice([-1, 1], size=(batch, n_in)))
+    eng = get_engine(variant)
+    np.testing.assert_array_equal(eng.layer_scores(x, layer), reference.layer_scores(x, layer))
+    np.testing.assert_array_equal(eng.layer_bits(x, layer), reference.layer_bits(x, layer))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_large_batches_use_threads_and_stay_exact(variant):
+    rng = np.random.default_rng(1)
+    net = BitNetwork([random_layer(rng, 784, 1024, "threshold", False),
+                      random_layer(rng, 1024, 1024, "bias", True),
+                      random_layer(rng, 1024, 10, "bias", False)])  # fmt: skip
+    x = pack_signs(rng.choice([-1, 1], size=(1500, 784)))
+    np.testing.assert_array_equal(
+        net.forward_packed(x, variant), net.forward_packed(x, "reference")
+    )
+    eng = compiled.CompiledEngine(variant, threads=1)
+    np.testing.assert_array_equal(
+        eng.layer_bits(x, net.layers[0]), reference.layer_bits(x, net.layers[0])
+    )
+
+
+BINARIZERS = [
+    ThresholdBinarizer(100.5),
+    ThresholdBinarizer(0.0),
+    QuantileBinarizer(1, "binary"),
+    QuantileBinarizer(2, "thermometer"),
+    QuantileBinarizer(2, "binary"),
+    QuantileBinarizer(3, "gray"),
+    QuantileBinarizer(4, "thermometer"),
+    QuantileBinarizer(4, "binary"),
+    QuantileBinarizer(8, "thermometer"),
+    LloydMaxBinarizer(2, "binary"),
+    WTAHashBinarizer(16, 4),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("binarizer", BINARIZERS, ids=repr)
+@pytest.mark.parametrize("n_features", [1, 31, 33, 100])
+def test_fast_binarize_matches_numpy(variant, binarizer, n_features):
+    rng = np.random.default_rng(n_features)
+    if isinstance(binarizer, WTAHashBinarizer) and n_features < 4:
+        return
+    pixels = rng.integers(0, 256, (257, n_features), dtype=np.uint8)
+    pixels[:, 0] = 0  # a constant feature: tied edges
+    binarizer.fit(pixels)
+    eng = get_engine(variant)
+    for X in (pixels, pixels.astype(np.float32) / 7, pixels.astype(np.float64) - 100.25):
+        np.testing.assert_array_equal(eng.binarize(binarizer, X), binarizer.transform_packed(X))
+    # uint8 input against float edges that fall between integers
+    b = ThresholdBinarizer(17.5).fit(pixels)
+    np.testing.assert_array_equal(eng.binarize(b, pixels), b.transform_packed(pixels))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_arrays_are_refused_or_converted(variant):
+    rng = np.random.default_rng(0)
+    layer = random_layer(rng, 100, 40, "threshold", True)
+    eng = get_engine(variant)
+    x = pack_signs(rng.choice([-1, 1], size=(10, 100)))
+    with pytest.raises(InputError, match="uint64"):
+        eng.layer_bits(x.astype(np.float64), layer)
+    with pytest.raises(InputError, match="shape"):
+        eng.layer_bits(x[:, :1], layer)
+    with pytest.raises(InputError, match="shape"):
+        eng.layer_bits(x.reshape(-1), layer)
+    strided = np.repeat(x, 2, axis=0)[::2]  # a non-contiguous view
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(
+        eng.layer_scores(strided, layer), reference.layer_scores(x, layer)
+    )
+    fortran = np.asfortranarray(x)
+    np.testing.assert_array_equal(eng.layer_bits(fortran, layer), reference.layer_bits(x, layer))
+    assert eng.layer_scores(x[:0], layer).shape == (0, 40)
+    b = QuantileBinarizer(2).fit(rng.standard_normal((50, 5)))
+    bad = rng.standard_normal((4, 5)).astype(np.float32)
+    bad[2, 3] = np.inf
+    with pytest.raises(InputError, match="row 2, column 3"):
+        eng.binarize(b, bad)
+    with pytest.raises(InputError, match="fitted on 5"):
+        eng.binarize(b, np.zeros((3, 6), np.float32))
+    with pytest.raises(InputError, match="empty"):
+        eng.binarize(b, np.zeros((0, 5), np.uint8))
+    with pytest.raises(InputError, match="real numbers"):
+        eng.binarize(b, np.array([["a"] * 5]))
+
+
+def test_engine_selection(monkeypatch):
+    monkeypatch.setenv("BITNN_KERNEL", "portable")
+    assert compiled.default_variant() == "portable"
+    monkeypatch.setenv("BITNN_KERNEL", "sse9")
+    with pytest.raises(InputError, match="BITNN_KERNEL"):
+        compiled.default_variant()
+    monkeypatch.delenv("BITNN_KERNEL")
+    assert compiled.default_variant() == VARIANTS[-1]
+    with pytest.raises(InputError, match="unknown engine"):
+        get_engine("gpu")
+
+
+def test_fallback_when_the_extension_is_missing(monkeypatch):
+    import bitnn.engine as engine_pkg
+
+    monkeypatch.setattr(compiled, "_kernels", None)
+    engine_pkg._warn_no_extension.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert get_engine() is reference
+        assert get_engine() is reference
+    assert len(caught) == 1 and "reference engine" in str(caught[0].message)
+    net = BitNetwork(
+        [BitLayer.from_values(np.ones((3, 70)))], ThresholdBinarizer().fit(np.zeros((1, 70)))
+    )
+    assert net.predict(np.ones((2, 70))).tolist() == [0, 0]
+    engine_pkg._warn_no_extension.cache_clear()
+
+
+SANITIZER_SCRIPT = r"""
+import numpy as np, sys
+sys.path.insert(0, sys.argv[1])
+import _kernels
+from bitnn.engine import compiled, reference
+compiled._kernels = _kernels
+from bitnn.bits import pack_signs
+from bitnn.binarize import QuantileBinarizer
+from bitnn.network import BitLayer
+rng = np.random.default_rng(0)
+for variant in _kernels.available():
+    eng = compiled.CompiledEngine(variant)
+    shapes = [(1, 1, 1), (63, 33, 5), (64, 64, 4), (65, 100, 9), (300, 257, 70), (2048, 64, 3)]
+    for n_in, n_out, batch in shapes:
+        for sparse in (False, True):
+            w = rng.choice([-1, 0, 1] if sparse else [-1, 1], (n_out, n_in))
+            layer = BitLayer.from_values(w, threshold=rng.integers(-3, 4, n_out))
+            x = pack_signs(rng.choice([-1, 1], (batch, n_in)))
+            assert np.array_equal(eng.layer_scores(x, layer), reference.layer_scores(x, layer))
+            assert np.array_equal(eng.layer_bits(x, layer), reference.layer_bits(x, layer))
+    for f in (1, 31, 33, 784):
+        X = rng.integers(0, 256, (37, f), dtype=np.uint8)
+        codes = ((1, "binary"), (2, "thermometer"), (4, "binary"), (8, "thermometer"), (3, "gray"))
+        for k, code in codes:
+            b = QuantileBinarizer(k, code).fit(X)
+            assert np.array_equal(eng.binarize(b, X), b.transform_packed(X))
+            Xf = X.astype(np.float32)
+            assert np.array_equal(eng.binarize(b, Xf), b.transform_packed(Xf))
+print("sanitized kernels ok")
+"""
+
+
+def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
+    if libasan.returncode != 0 or not Path(libasan.stdout.strip()).exists():
+        pytest.skip("gcc with AddressSanitizer is not available")
+    src = Path(compiled.__file__).with_name("_kernels.c")
+    so = tmp_path / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        ["gcc", "-O1", "-g", "-std=gnu11", "-fPIC", "-shared", "-pthread",
+         "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", f"-I{include}",
+         str(src), "-o", str(so)],
+        check=True,
+    )  # fmt: skip
+    env = {
+        **os.environ,
+        "LD_PRELOAD": libasan.stdout.strip(),
+        "ASAN_OPTIONS": "detect_leaks=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1",
+    }
+    script = tmp_path / "check.py"
+    script.write_text(SANITIZER_SCRIPT)
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "sanitized kernels ok" in r.stdout, r.stderr[-3000:]
+    assert "runtime error" not in r.stderr, r.stderr[-3000:]
