@@ -214,8 +214,8 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     include = sysconfig.get_paths()["include"]
     subprocess.run(
         ["gcc", "-O1", "-g", "-std=gnu11", "-fPIC", "-shared", "-pthread",
-         "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", f"-I{include}",
-         str(src), "-o", str(so)],
+         "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=undefined", f"-I{include}", str(src), "-o", str(so)],
         check=True,
     )  # fmt: skip
     env = {
