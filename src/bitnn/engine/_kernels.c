@@ -62,27 +62,45 @@ static inline void emit_counts(const layer_args *a, int64_t r, int64_t q, const 
 
 /* ---- portable ------------------------------------------------------------------------------ */
 
+/* 2 rows x 4 units per pass: 8 accumulators stay in registers, each loaded word is used twice. */
+static inline __attribute__((always_inline)) void portable_block(const layer_args *a, int64_t q, int l0,
+                                                                 int64_t r, int rows, int64_t *c0, int64_t *c1) {
+    const int64_t K = a->K;
+    const uint64_t *wq = a->w + q * K * QUAD + l0;
+    const uint64_t *mq = a->m ? a->m + q * K * QUAD + l0 : NULL;
+    const uint64_t *x0 = a->x + r * K, *x1 = a->x + (r + rows - 1) * K;
+    int64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+    for (int64_t k = 0; k < K; k++) {
+        const uint64_t *wk = wq + k * QUAD;
+        uint64_t w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
+        uint64_t m0 = ~0ULL, m1 = ~0ULL, m2 = ~0ULL, m3 = ~0ULL;
+        if (mq) {
+            const uint64_t *mk = mq + k * QUAD;
+            m0 = mk[0], m1 = mk[1], m2 = mk[2], m3 = mk[3];
+        }
+        uint64_t a0 = x0[k], a1 = x1[k];
+        s00 += __builtin_popcountll((a0 ^ w0) & m0);
+        s01 += __builtin_popcountll((a0 ^ w1) & m1);
+        s02 += __builtin_popcountll((a0 ^ w2) & m2);
+        s03 += __builtin_popcountll((a0 ^ w3) & m3);
+        s10 += __builtin_popcountll((a1 ^ w0) & m0);
+        s11 += __builtin_popcountll((a1 ^ w1) & m1);
+        s12 += __builtin_popcountll((a1 ^ w2) & m2);
+        s13 += __builtin_popcountll((a1 ^ w3) & m3);
+    }
+    c0[l0] = s00, c0[l0 + 1] = s01, c0[l0 + 2] = s02, c0[l0 + 3] = s03;
+    c1[l0] = s10, c1[l0 + 1] = s11, c1[l0 + 2] = s12, c1[l0 + 3] = s13;
+}
+
 static inline __attribute__((always_inline)) void portable_body(const layer_args *a, int64_t q0,
                                                                 int64_t q1, int64_t r0, int64_t r1) {
-    const int64_t K = a->K;
-    int64_t c[QUAD];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint64_t *xr = a->x + r * K;
+    int64_t c0[QUAD], c1[QUAD];
+    for (int64_t r = r0; r < r1; r += 2) {
+        int rows = r + 1 < r1 ? 2 : 1; /* a last odd row is computed twice, emitted once */
         for (int64_t q = q0; q < q1; q++) {
-            const uint64_t *wq = a->w + q * K * QUAD;
-            const uint64_t *mq = a->m ? a->m + q * K * QUAD : NULL;
-            memset(c, 0, sizeof c);
-            for (int64_t k = 0; k < K; k++) {
-                uint64_t xv = xr[k];
-                const uint64_t *wk = wq + k * QUAD;
-                if (mq) {
-                    const uint64_t *mk = mq + k * QUAD;
-                    for (int l = 0; l < QUAD; l++) c[l] += __builtin_popcountll((xv ^ wk[l]) & mk[l]);
-                } else {
-                    for (int l = 0; l < QUAD; l++) c[l] += __builtin_popcountll(xv ^ wk[l]);
-                }
-            }
-            emit_counts(a, r, q, c);
+            for (int l0 = 0; l0 < QUAD; l0 += 4) portable_block(a, q, l0, r, rows, c0, c1);
+            emit_counts(a, r, q, c0);
+            if (rows == 2) emit_counts(a, r + 1, q, c1);
         }
     }
 }
@@ -202,13 +220,25 @@ __attribute__((target("avx2,popcnt"))) static void layer_avx2(const layer_args *
 
 DEFINE_AVX512_TILE(1)
 DEFINE_AVX512_TILE(4)
+DEFINE_AVX512_TILE(6)
 
 AVX512_TARGET static void layer_avx512(const layer_args *a, int64_t q0, int64_t q1, int64_t r0, int64_t r1) {
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        for (int64_t q = q0; q < q1; q++) avx512_tile_4(a, r, q);
-    for (; r < r1; r++)
-        for (int64_t q = q0; q < q1; q++) avx512_tile_1(a, r, q);
+    /* Rows in blocks of at most 256 KiB of input (they stay in L2); within a block, quads
+     * outer: one quad's weights (K * 256 bytes) stay in L1 while the block's rows pass. */
+    int64_t block = (256 * 1024 / 8) / a->K;
+    block = block < 6 ? 6 : block - block % 6;
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+        for (int64_t q = q0; q < q1; q++) {
+            int64_t r = b0;
+            /* 6 rows x 4 vectors = 24 accumulators fit the 32 registers beside the weights;
+             * with a mask (4 more registers) 4 rows do. */
+            if (!a->m)
+                for (; r + 6 <= b1; r += 6) avx512_tile_6(a, r, q);
+            for (; r + 4 <= b1; r += 4) avx512_tile_4(a, r, q);
+            for (; r < b1; r++) avx512_tile_1(a, r, q);
+        }
+    }
 }
 #endif /* BITNN_X86 */
 
@@ -526,6 +556,66 @@ static int choose_threads(int64_t work_bits, int requested) {
     return limit;
 }
 
+
+/* ---- the CPU's XOR + popcount + add bound, measured ---------------------------------------- */
+/* The layer kernel's inner step with every operand already in registers: 4 inputs x 4 weight
+ * vectors, 16 accumulators, 3 instructions per 512 bit pairs. Nothing is loaded, so its rate
+ * is the compute bound the benchmark compares the kernels with. */
+#ifdef BITNN_X86
+AVX512_TARGET static uint64_t peak_avx512(int64_t iters) {
+    __m512i x[4], w[4], acc[16];
+    for (int i = 0; i < 4; i++) {
+        x[i] = _mm512_set1_epi64(0x0123456789abcdefLL * (i + 1));
+        w[i] = _mm512_set1_epi64(0x7edcba9876543210LL ^ (i * 0x1111));
+    }
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_si512();
+    for (int64_t it = 0; it < iters; it++) {
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++)
+                acc[4 * i + j] = _mm512_add_epi64(acc[4 * i + j], _mm512_popcnt_epi64(_mm512_xor_si512(x[i], w[j])));
+        /* tell the compiler the operands change, so nothing is hoisted out of the loop */
+        __asm__ volatile("" : "+v"(w[0]), "+v"(w[1]), "+v"(w[2]), "+v"(w[3]));
+    }
+    __m512i sum = acc[0];
+    for (int i = 1; i < 16; i++) sum = _mm512_add_epi64(sum, acc[i]);
+    return (uint64_t)_mm512_reduce_add_epi64(sum);
+}
+#endif
+
+typedef struct {
+    int64_t iters;
+    atomic_ullong sink;
+} peak_job;
+
+static void run_peak_part(void *ctx, int part, int nparts) {
+    (void)part;
+    (void)nparts;
+    peak_job *j = ctx;
+#ifdef BITNN_X86
+    atomic_fetch_add(&j->sink, peak_avx512(j->iters));
+#else
+    (void)j;
+#endif
+}
+
+/* peak(iters, threads) -> bit pairs processed (per thread: iters * 16 * 512) */
+static PyObject *py_peak(PyObject *self, PyObject *args) {
+    (void)self;
+    long long iters;
+    int threads;
+    if (!PyArg_ParseTuple(args, "Li", &iters, &threads)) return NULL;
+    if (!cpu_has(V_AVX512)) {
+        PyErr_SetString(PyExc_ValueError, "the peak loop needs AVX-512 VPOPCNTDQ");
+        return NULL;
+    }
+    int n = threads < 1 ? 1 : (threads > thread_limit() ? thread_limit() : threads);
+    peak_job job = {iters, 0};
+    Py_BEGIN_ALLOW_THREADS pool_run(run_peak_part, &job, n);
+    Py_END_ALLOW_THREADS
+    (void)atomic_load(&job.sink);
+    return PyLong_FromLongLong((long long)iters * 16 * 512 * n);
+}
+
 /* ---- Python glue --------------------------------------------------------------------------- */
 
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t need, const char *what) {
@@ -652,6 +742,7 @@ static PyMethodDef methods[] = {
     {"binarize", py_binarize, METH_VARARGS, "Edge binarizer: raw inputs to packed bits."},
     {"available", py_available, METH_NOARGS, "Kernel variants this CPU runs."},
     {"threads", py_threads, METH_NOARGS, "Most threads a call uses."},
+    {"peak", py_peak, METH_VARARGS, "Run the in-register XOR+popcount+add loop (AVX-512)."},
     {NULL, NULL, 0, NULL},
 };
 

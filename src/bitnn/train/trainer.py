@@ -237,8 +237,9 @@ class Trainer:
         self.optimizer = self._make_optimizer(cfg.lr_round1)
         self.stop = {"stop": False}
         self.epoch_losses: list[float] = []  # this epoch's batch losses so far
-        self.x_train = torch.from_numpy(self.data.x_train)
-        self.y_train = torch.from_numpy(self.data.y_train)
+        # The whole (int8) training set lives on the device: one copy, no per-batch transfers.
+        self.x_train = torch.from_numpy(self.data.x_train).to(self.device)
+        self.y_train = torch.from_numpy(self.data.y_train).to(self.device)
 
     # ---- pieces ------------------------------------------------------------------------------
 
@@ -334,8 +335,9 @@ class Trainer:
                     self.save_checkpoint()
                     raise TrainingInterrupted(self.checkpoint_path or Path("(none)"))
                 idx = self.perm[pos.batch * cfg.batch_size : (pos.batch + 1) * cfg.batch_size]
-                xb = self.x_train[idx].to(self.device).float()
-                yb = self.y_train[idx].to(self.device)
+                idx = idx.to(self.device)
+                xb = self.x_train[idx].float()
+                yb = self.y_train[idx]
                 lr = self._lr(pos.round, pos.epoch * n_batches + pos.batch, epochs * n_batches)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
