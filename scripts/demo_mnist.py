@@ -23,8 +23,8 @@ def run(*args: str) -> None:
 
 def demo() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--epochs", type=int, default=4, help="epochs per training round")
-    p.add_argument("--hidden", default="256,256")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per training round")
+    p.add_argument("--hidden", default="512,512")
     p.add_argument("--out", default="out", help="folder for the model file")
     args = p.parse_args()
     out = Path(args.out)

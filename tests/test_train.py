@@ -101,9 +101,18 @@ def test_trainer_module_and_network_agree_after_training(fsdd):
     b = QuantileBinarizer(1).fit(fsdd.X)
     x = to_bipolar(b.transform(fsdd.X))
     data = TrainData(x, fsdd.y, None, None, 10, "scores")
-    cfg = TrainConfig(hidden=(64, 64), epochs_round1=1, epochs_round2=2, sparsity=0.2, seed=3)
+    cfg = TrainConfig(
+        hidden=(64, 64),
+        epochs_round1=1,
+        epochs_round2=2,
+        sparsity=0.2,
+        seed=3,
+        round2_weights="clip",
+    )
     with quiet():
         model = Trainer(cfg, data, b).run()
+    assert all(not bool(layer.compressed) for layer in model.layers)
+    assert all(layer.weight.abs().max() <= 1 for layer in model.layers)
     net = to_bit_network(model, b)
     with torch.no_grad():
         scores = model(torch.from_numpy(x).float()).numpy()
@@ -124,11 +133,19 @@ def _layers_equal(a, b):
     )
 
 
-@pytest.mark.parametrize("stop_at", [3, 17, 24, 40])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at):
+@pytest.mark.parametrize(
+    "stop_at,round2_weights", [(3, "tanh"), (17, "tanh"), (24, "clip"), (40, "clip")]
+)
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2_weights):
     X, y = _blobs()
     cfg = TrainConfig(
-        hidden=(32,), epochs_round1=2, epochs_round2=2, batch_size=32, dropout_hidden=0.2, seed=7
+        round2_weights=round2_weights,
+        hidden=(32,),
+        epochs_round1=2,
+        epochs_round2=2,
+        batch_size=32,
+        dropout_hidden=0.2,
+        seed=7,
     )
     with quiet():
         full = train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=tmp_path / "a.ckpt")
@@ -160,24 +177,6 @@ def test_same_seed_same_model_and_resume_checks_data(tmp_path):
     with pytest.raises(InputError, match="nothing to resume"):
         train_network(X, y, checkpoint_path=tmp_path / "missing.ckpt", resume=True)
     assert model_to_bytes(a)  # serialisable
-
-
-def test_xor_is_solved_exactly():
-    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=float)
-    y = np.array([0, 1, 1, 0])
-    cfg = TrainConfig(
-        hidden=(8,),
-        bias_kind="bias",
-        epochs_round1=100,
-        epochs_round2=100,
-        batch_size=4,
-        val_fraction=0.0,
-        lr_round1=0.05,
-        lr_round2=0.01,
-    )
-    with quiet():
-        net = train_network(X, y, cfg, ThresholdBinarizer(0.5))
-    assert net.predict(X).tolist() == [0, 1, 1, 0]
 
 
 @pytest.mark.parametrize("n_inputs,seed", [(4, 0), (5, 1), (6, 2), (6, 3)])

@@ -32,6 +32,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--dropout-input", "dropout_input", float, "dropout rate on the input bits"),
     ("--dropout-hidden", "dropout_hidden", float, "dropout rate on hidden bits"),
     ("--sparsity", "sparsity", float, "target fraction of absent (zero) weights"),
+    ("--round2-weights", "round2_weights", str, "tanh (the paper) or clip (update tanh(W))"),
     ("--val-fraction", "val_fraction", float, "fraction of the data held out for validation"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu or cuda"),

@@ -37,6 +37,7 @@ MODEL_FORMAT = "bitnn-model"
 MODEL_VERSION = 1
 _MAX_HEADER = 16 << 20
 _DTYPES = {
+    "BOOL": np.dtype("bool"),
     "U8": np.dtype("u1"),
     "I8": np.dtype("i1"),
     "I16": np.dtype("<i2"),

@@ -92,6 +92,29 @@ class BitLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias_kind == "bias" else None
         self.norm = nn.BatchNorm1d(out_features) if bias_kind == "threshold" else None
         self.scale = 1.0 / math.sqrt(in_features)
+        # True: the parameters are latent values seen through tanh (the paper's compression).
+        # False after decompress(): they are the compressed values themselves, kept in [-1, 1].
+        self.register_buffer("compressed", torch.tensor(True))
+
+    def real(self, p: torch.Tensor) -> torch.Tensor:
+        """A parameter's real value in [-1, 1]."""
+        return torch.tanh(p) if bool(self.compressed) else p
+
+    @torch.no_grad()
+    def decompress(self) -> None:
+        """Replace latent parameters by their tanh so round 2 updates them directly (clipped)."""
+        if bool(self.compressed):
+            self.weight.copy_(torch.tanh(self.weight))
+            if self.bias is not None:
+                self.bias.copy_(torch.tanh(self.bias))
+            self.compressed.fill_(False)
+
+    @torch.no_grad()
+    def clip_(self) -> None:
+        if not bool(self.compressed):
+            self.weight.clamp_(-1.0, 1.0)
+            if self.bias is not None:
+                self.bias.clamp_(-1.0, 1.0)
 
     def extra_repr(self) -> str:
         return (
@@ -103,16 +126,16 @@ class BitLinear(nn.Module):
         """The sparsity threshold on ``|tanh W|`` (0 when no sparsity is asked for)."""
         if self.sparsity == 0.0:
             return 0.0
-        return torch.quantile(torch.tanh(self.weight.detach()).abs().flatten(), self.sparsity)
+        return torch.quantile(self.real(self.weight.detach()).abs().flatten(), self.sparsity)
 
     def effective_weight(self) -> torch.Tensor:
-        w = torch.tanh(self.weight)
+        w = self.real(self.weight)
         return ternarize(w, self.beta()) if self.binary else w
 
     def effective_bias(self) -> torch.Tensor | None:
         if self.bias is None:
             return None
-        b = torch.tanh(self.bias)
+        b = self.real(self.bias)
         return ternarize(b) if self.binary else b
 
     @torch.no_grad()
@@ -126,7 +149,7 @@ class BitLinear(nn.Module):
         if self.bias_kind == "none":
             return np.ones(self.out_features, np.int8), np.zeros(self.out_features, np.int64)
         if self.bias_kind == "bias":
-            b = np.where(torch.tanh(self.bias).cpu().numpy() >= 0, 1, -1)
+            b = np.where(self.real(self.bias).cpu().numpy() >= 0, 1, -1)
             return np.ones(self.out_features, np.int8), -b.astype(np.int64)
         bn = self.norm
         gamma = bn.weight.double().cpu().numpy()

@@ -46,6 +46,9 @@ class TrainConfig:
     bias_kind: str = "threshold"  # hidden layers: "bias" (paper), "threshold" (folded BN), "none"
     output_bias_kind: str = "bias"
     sparsity: float = 0.0  # target fraction of absent weights (beta from its quantile)
+    # Round 2's real-valued weights: "tanh" keeps the latent W behind tanh (the paper);
+    # "clip" starts round 2 from tanh(W) and updates those values directly, clipped to [-1, 1].
+    round2_weights: str = "tanh"
     epochs_round1: int = 10
     epochs_round2: int = 10
     batch_size: int = 100
@@ -68,6 +71,8 @@ class TrainConfig:
             problems.append("hidden sizes must be positive")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             problems.append(f"optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
+        if self.round2_weights not in ("tanh", "clip"):
+            problems.append(f"round2_weights must be tanh or clip, not {self.round2_weights!r}")
         if self.schedule not in ("cosine", "exponential", "constant"):
             problems.append(
                 f"schedule must be cosine, exponential or constant, not {self.schedule!r}"
@@ -295,6 +300,9 @@ class Trainer:
         if round_ == 2:
             if 1 in self.best:  # noisy backpropagation starts from round 1's best network
                 self.model.load_state_dict(self.best[1][1])
+            if self.config.round2_weights == "clip":
+                for layer in self.model.layers:
+                    layer.decompress()
             self.optimizer = self._make_optimizer(self.config.lr_round2)
         self.model.set_round(round_)
         self.position.round_started = True
@@ -345,6 +353,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                for layer in self.model.layers:
+                    layer.clip_()  # no-op unless round 2 updates clipped real weights
                 losses.append(loss.item())
                 pos.batch += 1
                 bar.update(pos.batch, f"loss {np.mean(losses[-50:]):.4f}")
