@@ -62,34 +62,36 @@ static inline void emit_counts(const layer_args *a, int64_t r, int64_t q, const 
 
 /* ---- portable ------------------------------------------------------------------------------ */
 
-/* 2 rows x 4 units per pass: 8 accumulators stay in registers, each loaded word is used twice. */
+/* 2 rows x 2 units per pass: the 4 accumulators, the loaded words and the pointers all fit in
+ * the 16 general registers (more accumulators spill to memory and halve the speed). The mask
+ * test is a compile-time constant after inlining, so each case gets its own loop. */
 static inline __attribute__((always_inline)) void portable_block(const layer_args *a, int64_t q, int l0,
-                                                                 int64_t r, int rows, int64_t *c0, int64_t *c1) {
+                                                                 int64_t r, int rows, int masked,
+                                                                 int64_t *c0, int64_t *c1) {
     const int64_t K = a->K;
     const uint64_t *wq = a->w + q * K * QUAD + l0;
-    const uint64_t *mq = a->m ? a->m + q * K * QUAD + l0 : NULL;
+    const uint64_t *mq = masked ? a->m + q * K * QUAD + l0 : NULL;
     const uint64_t *x0 = a->x + r * K, *x1 = a->x + (r + rows - 1) * K;
-    int64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;
+    int64_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
     for (int64_t k = 0; k < K; k++) {
         const uint64_t *wk = wq + k * QUAD;
-        uint64_t w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
-        uint64_t m0 = ~0ULL, m1 = ~0ULL, m2 = ~0ULL, m3 = ~0ULL;
-        if (mq) {
+        uint64_t w0 = wk[0], w1 = wk[1], a0 = x0[k], a1 = x1[k];
+        if (masked) {
             const uint64_t *mk = mq + k * QUAD;
-            m0 = mk[0], m1 = mk[1], m2 = mk[2], m3 = mk[3];
+            uint64_t m0 = mk[0], m1 = mk[1];
+            s00 += __builtin_popcountll((a0 ^ w0) & m0);
+            s01 += __builtin_popcountll((a0 ^ w1) & m1);
+            s10 += __builtin_popcountll((a1 ^ w0) & m0);
+            s11 += __builtin_popcountll((a1 ^ w1) & m1);
+        } else {
+            s00 += __builtin_popcountll(a0 ^ w0);
+            s01 += __builtin_popcountll(a0 ^ w1);
+            s10 += __builtin_popcountll(a1 ^ w0);
+            s11 += __builtin_popcountll(a1 ^ w1);
         }
-        uint64_t a0 = x0[k], a1 = x1[k];
-        s00 += __builtin_popcountll((a0 ^ w0) & m0);
-        s01 += __builtin_popcountll((a0 ^ w1) & m1);
-        s02 += __builtin_popcountll((a0 ^ w2) & m2);
-        s03 += __builtin_popcountll((a0 ^ w3) & m3);
-        s10 += __builtin_popcountll((a1 ^ w0) & m0);
-        s11 += __builtin_popcountll((a1 ^ w1) & m1);
-        s12 += __builtin_popcountll((a1 ^ w2) & m2);
-        s13 += __builtin_popcountll((a1 ^ w3) & m3);
     }
-    c0[l0] = s00, c0[l0 + 1] = s01, c0[l0 + 2] = s02, c0[l0 + 3] = s03;
-    c1[l0] = s10, c1[l0 + 1] = s11, c1[l0 + 2] = s12, c1[l0 + 3] = s13;
+    c0[l0] = s00, c0[l0 + 1] = s01;
+    c1[l0] = s10, c1[l0 + 1] = s11;
 }
 
 static inline __attribute__((always_inline)) void portable_body(const layer_args *a, int64_t q0,
@@ -98,7 +100,10 @@ static inline __attribute__((always_inline)) void portable_body(const layer_args
     for (int64_t r = r0; r < r1; r += 2) {
         int rows = r + 1 < r1 ? 2 : 1; /* a last odd row is computed twice, emitted once */
         for (int64_t q = q0; q < q1; q++) {
-            for (int l0 = 0; l0 < QUAD; l0 += 4) portable_block(a, q, l0, r, rows, c0, c1);
+            if (a->m)
+                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, 1, c0, c1);
+            else
+                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, 0, c0, c1);
             emit_counts(a, r, q, c0);
             if (rows == 2) emit_counts(a, r + 1, q, c1);
         }
@@ -124,36 +129,50 @@ __attribute__((target("avx2"))) static inline __m256i popcnt_bytes(__m256i v, __
     return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 
-__attribute__((target("avx2,popcnt"))) static void layer_avx2(const layer_args *a, int64_t q0,
-                                                              int64_t q1, int64_t r0, int64_t r1) {
+/* One row x 16 units (4 vectors) per pass: 4 byte counters, 4 lane accumulators and the
+ * constants fit the 16 vector registers (8 vectors per pass spill and run at half speed). */
+__attribute__((target("avx2,popcnt"))) static inline __attribute__((always_inline)) void avx2_half(
+    const layer_args *a, const uint64_t *xr, const uint64_t *wq, const uint64_t *mq, int64_t *c) {
     const int64_t K = a->K;
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
                                          2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
-    int64_t c[QUAD] __attribute__((aligned(32)));
+    __m256i acc[4], bytes[4];
+    for (int i = 0; i < 4; i++) acc[i] = zero;
+    for (int64_t k0 = 0; k0 < K; k0 += 31) { /* byte counters hold 31 words (<= 248) */
+        int64_t k1 = k0 + 31 < K ? k0 + 31 : K;
+        for (int i = 0; i < 4; i++) bytes[i] = zero;
+        for (int64_t k = k0; k < k1; k++) {
+            __m256i xb = _mm256_set1_epi64x((long long)xr[k]);
+            const __m256i *wk = (const __m256i *)(wq + k * QUAD);
+            for (int i = 0; i < 4; i++) {
+                __m256i v = _mm256_xor_si256(xb, _mm256_loadu_si256(wk + i));
+                if (mq) v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(mq + k * QUAD) + i));
+                bytes[i] = _mm256_add_epi8(bytes[i], popcnt_bytes(v, lut, low));
+            }
+        }
+        for (int i = 0; i < 4; i++) acc[i] = _mm256_add_epi64(acc[i], _mm256_sad_epu8(bytes[i], zero));
+    }
+    for (int i = 0; i < 4; i++) _mm256_storeu_si256((__m256i *)(c + 4 * i), acc[i]);
+}
+
+__attribute__((target("avx2,popcnt"))) static void layer_avx2(const layer_args *a, int64_t q0,
+                                                              int64_t q1, int64_t r0, int64_t r1) {
+    const int64_t K = a->K;
+    int64_t c[QUAD];
     for (int64_t r = r0; r < r1; r++) {
         const uint64_t *xr = a->x + r * K;
         for (int64_t q = q0; q < q1; q++) {
             const uint64_t *wq = a->w + q * K * QUAD;
-            const uint64_t *mq = a->m ? a->m + q * K * QUAD : NULL;
-            __m256i acc[8], bytes[8];
-            for (int i = 0; i < 8; i++) acc[i] = zero;
-            for (int64_t k0 = 0; k0 < K; k0 += 31) { /* byte counters hold 31 words (<= 248) */
-                int64_t k1 = k0 + 31 < K ? k0 + 31 : K;
-                for (int i = 0; i < 8; i++) bytes[i] = zero;
-                for (int64_t k = k0; k < k1; k++) {
-                    __m256i xb = _mm256_set1_epi64x((long long)xr[k]);
-                    const __m256i *wk = (const __m256i *)(wq + k * QUAD);
-                    for (int i = 0; i < 8; i++) {
-                        __m256i v = _mm256_xor_si256(xb, _mm256_loadu_si256(wk + i));
-                        if (mq) v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(mq + k * QUAD) + i));
-                        bytes[i] = _mm256_add_epi8(bytes[i], popcnt_bytes(v, lut, low));
-                    }
-                }
-                for (int i = 0; i < 8; i++) acc[i] = _mm256_add_epi64(acc[i], _mm256_sad_epu8(bytes[i], zero));
+            if (a->m) {
+                const uint64_t *mq = a->m + q * K * QUAD;
+                avx2_half(a, xr, wq, mq, c);
+                avx2_half(a, xr, wq + 16, mq + 16, c + 16);
+            } else {
+                avx2_half(a, xr, wq, NULL, c);
+                avx2_half(a, xr, wq + 16, NULL, c + 16);
             }
-            for (int i = 0; i < 8; i++) _mm256_store_si256((__m256i *)(c + 4 * i), acc[i]);
             emit_counts(a, r, q, c);
         }
     }
