@@ -231,3 +231,28 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     )
     assert r.returncode == 0 and "sanitized kernels ok" in r.stdout, r.stderr[-3000:]
     assert "runtime error" not in r.stderr, r.stderr[-3000:]
+
+
+def _forked_child_result(queue):
+    rng = np.random.default_rng(3)
+    layer = random_layer(rng, 2048, 512, "threshold", False)
+    x = pack_signs(rng.choice([-1, 1], size=(256, 2048)))
+    same = np.array_equal(get_engine().layer_bits(x, layer), reference.layer_bits(x, layer))
+    queue.put(same)
+
+
+def test_threads_work_in_a_forked_child():
+    """After fork only the forking thread exists; the pool must start afresh, not hang."""
+    import multiprocessing
+
+    rng = np.random.default_rng(2)
+    layer = random_layer(rng, 2048, 512, "threshold", False)
+    x = pack_signs(rng.choice([-1, 1], size=(256, 2048)))
+    get_engine().layer_bits(x, layer)  # the parent's pool is running now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_child_result, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0, "the forked child hung or crashed"
+    assert queue.get(timeout=5) is True
