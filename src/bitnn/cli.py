@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -263,7 +264,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         metadata={"command": command, "data": str(args.data), "bitnn_version": __version__},
     )
+    from bitnn.train import distributed
+
+    if distributed.launched_by_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+        distributed.teardown()
+        return 0  # under torchrun only rank 0 writes the model
     size = save_model(net, output)
+    distributed.teardown()
     print(f"saved {output} ({_fmt_bytes(size)}); training checkpoint kept at {checkpoint}")
     return 0
 

@@ -12,11 +12,13 @@ from typing import TextIO
 
 
 class ProgressBar:
-    def __init__(self, total: int, label: str = "", stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, label: str = "", stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
         self.total = max(1, total)
         self.label = label
         self.stream = stream or sys.stderr
-        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last = 0.0
 

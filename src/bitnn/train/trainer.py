@@ -31,6 +31,7 @@ from bitnn.errors import InputError, ModelFormatError, TrainingInterrupted
 from bitnn.io import atomic_write_bytes, decode_container, encode_container
 from bitnn.network import BitNetwork
 from bitnn.progress import ProgressBar, log
+from bitnn.train import distributed
 from bitnn.train.convert import to_bit_network
 from bitnn.train.layers import BitMLP
 
@@ -161,6 +162,10 @@ def data_fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _silent(message: str) -> None:
+    """Log lines of ranks other than 0 are dropped."""
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,6 +227,9 @@ class Trainer:
     def __post_init__(self) -> None:
         cfg = self.config
         self.device = _resolve_device(cfg.device)
+        self.cluster = distributed.setup(self.device)
+        if self.cluster.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.cluster.local_rank)
         torch.manual_seed(cfg.seed)
         self.model = BitMLP(
             self.data.x_train.shape[1],
@@ -234,6 +242,16 @@ class Trainer:
             dropout_hidden=cfg.dropout_hidden,
             output=self.data.output,
         ).to(self.device)
+        self.forward = self.model  # what training steps call: the DDP wrapper when distributed
+        if self.cluster.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            torch.manual_seed(cfg.seed + 7919 * self.cluster.rank)  # own dropout masks
         self.shuffle = torch.Generator().manual_seed(cfg.seed + 1)
         self.position = _Position()
         self.perm: torch.Tensor | None = None  # this epoch's shuffle order
@@ -323,6 +341,9 @@ class Trainer:
         cfg, pos = self.config, self.position
         n = self.x_train.shape[0]
         n_batches = math.ceil(n / cfg.batch_size)
+        world, rank = self.cluster.world, self.cluster.rank
+        if n % cfg.batch_size and n % cfg.batch_size < world:
+            n_batches -= 1  # a last batch too small to give every process a sample is dropped
         self.model.train()
         while pos.round <= 2:
             epochs = self._epochs(pos.round)
@@ -335,27 +356,38 @@ class Trainer:
             if self.perm_for != [pos.round, pos.epoch]:  # not yet drawn (or restored)
                 self.perm = torch.randperm(n, generator=self.shuffle)
                 self.perm_for = [pos.round, pos.epoch]
-            bar = ProgressBar(n_batches, f"round {pos.round} epoch {pos.epoch + 1}/{epochs}")
+            bar = ProgressBar(
+                n_batches,
+                f"round {pos.round} epoch {pos.epoch + 1}/{epochs}",
+                enabled=self.cluster.main,
+            )
             losses = self.epoch_losses
             while pos.batch < n_batches:
+                if self.cluster.active:  # every process stops at the same batch
+                    self.stop["stop"] = (
+                        distributed.sum_across([self.stop["stop"]], self.cluster)[0] > 0
+                    )
                 if self.stop["stop"]:
                     bar.close()
                     self.save_checkpoint()
                     raise TrainingInterrupted(self.checkpoint_path or Path("(none)"))
                 idx = self.perm[pos.batch * cfg.batch_size : (pos.batch + 1) * cfg.batch_size]
-                idx = idx.to(self.device)
+                idx = idx[rank::world].to(self.device)  # this process's share of the batch
                 xb = self.x_train[idx].float()
                 yb = self.y_train[idx]
                 lr = self._lr(pos.round, pos.epoch * n_batches + pos.batch, epochs * n_batches)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss = self._loss(self.model(xb), yb)
+                loss = self._loss(self.forward(xb), yb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 for layer in self.model.layers:
                     layer.clip_()  # no-op unless round 2 updates clipped real weights
-                losses.append(loss.item())
+                loss_sum, count = distributed.sum_across(  # the global batch's mean loss
+                    [loss.item() * len(idx), float(len(idx))], self.cluster
+                )
+                losses.append(loss_sum / count)
                 pos.batch += 1
                 bar.update(pos.batch, f"loss {np.mean(losses[-50:]):.4f}")
                 if self.on_batch is not None:
@@ -376,7 +408,7 @@ class Trainer:
         best = self.best.get(pos.round)
         if best is None or metric > best[0]:
             self.best[pos.round] = (metric, copy.deepcopy(self.model.state_dict()))
-        log(
+        (log if self.cluster.main else _silent)(
             f"round {pos.round} epoch {pos.epoch + 1}/{self._epochs(pos.round)}: "
             f"loss {train_loss:.4f}  val accuracy {100 * metric:.2f}%  "
             f"({record['seconds']:.1f}s)"
@@ -388,7 +420,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.cluster.main:
             return
         tensors = _state_to_numpy("model.", self.model.state_dict())
         for r, (_, state) in self.best.items():
