@@ -1,7 +1,6 @@
 """MNIST study: train bitwise networks with the named presets and measure their test error.
 
-    python benchmarks/mnist.py --presets paper,best --hidden 1024,1024,1024 \
-        --epochs1 100 --epochs2 100 --out out/mnist
+    python benchmarks/mnist.py --presets paper,best --out out/mnist
 
 For each preset: train on the standard 50,000/10,000 train/validation split, save the model
 (``OUT/mnist-PRESET.bnn``), evaluate it on the 10,000 test images with bit logic only (the
@@ -23,30 +22,29 @@ import numpy as np
 from bitnn.binarize import binarizer_from_spec
 from bitnn.data.mnist import load_mnist
 from bitnn.io import load_model, save_model
-from bitnn.train.presets import get_preset
+from bitnn.train.presets import resolve
 from bitnn.train.trainer import TrainConfig, train_network
 
 
 def run_preset(name: str, args: argparse.Namespace, mnist) -> dict:
-    preset = get_preset(name)
-    values = dict(preset.config)
-    values.update(
-        hidden=tuple(int(h) for h in args.hidden.split(",")),
-        epochs_round1=args.epochs1,
-        epochs_round2=args.epochs2,
-        seed=args.seed,
-        device=args.device,
-    )
+    explicit: dict = {"seed": args.seed, "device": args.device}
+    if args.hidden:
+        explicit["hidden"] = tuple(int(h) for h in args.hidden.split(","))
+    if args.epochs1 is not None:
+        explicit["epochs_round1"] = args.epochs1
+    if args.epochs2 is not None:
+        explicit["epochs_round2"] = args.epochs2
     for override in args.set or []:
         key, _, value = override.partition("=")
-        values[key] = type(getattr(TrainConfig(), key))(value)
+        explicit[key] = type(getattr(TrainConfig(), key))(value)
+    values, spec = resolve(name, explicit, args.binarizer, "mnist")
     config = TrainConfig(**values)
     start = time.perf_counter()
     net = train_network(
         mnist.X_train[:50000],
         mnist.y_train[:50000],
         config,
-        binarizer_from_spec(args.binarizer or preset.binarizer),
+        binarizer_from_spec(spec),
         X_val=mnist.X_train[50000:],
         y_val=mnist.y_train[50000:],
         metadata={"command": f"benchmarks/mnist.py --presets {name}", "preset": name},
@@ -74,9 +72,9 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="paper,best")
-    p.add_argument("--hidden", default="1024,1024,1024")
-    p.add_argument("--epochs1", type=int, default=100)
-    p.add_argument("--epochs2", type=int, default=100)
+    p.add_argument("--hidden", help="override the preset's widths, e.g. 1024,1024,1024")
+    p.add_argument("--epochs1", type=int, help="override the preset's round-1 epochs")
+    p.add_argument("--epochs2", type=int, help="override the preset's round-2 epochs")
     p.add_argument("--binarizer", help="override the preset's binarizer spec")
     p.add_argument("--set", action="append", help="override a TrainConfig field: key=value")
     p.add_argument("--seed", type=int, default=0)

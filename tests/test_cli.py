@@ -187,3 +187,28 @@ def test_demo_xor(capsys):
     pytest.importorskip("torch")
     assert main(["demo", "xor"]) == 0
     assert "4 of 4 correct" in capsys.readouterr().out
+
+
+def test_preset_conflicts_are_refused_before_reading_data(tmp_path, capsys):
+    pytest.importorskip("torch")
+    missing = str(tmp_path / "nowhere.npz")  # never read: the conflict is found first
+    out = str(tmp_path / "m.bnn")
+    assert main(["train", missing, "-o", out, "--preset", "paper", "--bias-kind", "threshold"]) == 2
+    assert "conflicts with --preset paper" in capsys.readouterr().err
+    assert main(["train", missing, "-o", out, "--preset", "paper", "--binarizer", "wta:64:4"]) == 2
+    assert "quantile" in capsys.readouterr().err
+    # the preset's own value is no conflict; a missing file is then the error
+    assert main(["train", missing, "-o", out, "--preset", "paper", "--bias-kind", "bias"]) == 2
+    assert "no such data file" in capsys.readouterr().err
+
+
+def test_presets_carry_the_paper_architecture_for_mnist():
+    from bitnn.train.presets import resolve
+
+    values, spec = resolve("paper", {}, None, "mnist")
+    assert values["hidden"] == (1024, 1024, 1024) and values["bias_kind"] == "bias"
+    assert spec.startswith("quantile:")
+    values, _ = resolve("best", {"hidden": (64,), "epochs_round1": 1}, None, "mnist")
+    assert values["hidden"] == (64,) and values["epochs_round1"] == 1
+    values, spec = resolve(None, {"seed": 3})
+    assert values == {"seed": 3} and spec == "quantile:2:thermometer"

@@ -204,22 +204,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_from_args(args: argparse.Namespace) -> tuple[Any, str]:
-    from bitnn.train.presets import get_preset
+def _config_from_args(args: argparse.Namespace, dataset: str | None) -> tuple[Any, str]:
+    from bitnn.train.presets import resolve
     from bitnn.train.trainer import TrainConfig
 
-    preset = get_preset(args.preset) if args.preset else None
-    values: dict[str, Any] = dict(preset.config) if preset else {}
+    explicit: dict[str, Any] = {}
     for _, name, _, _ in _TRAIN_OPTIONS:
         v = getattr(args, name)
         if v is not None:
-            values[name] = v
-    if isinstance(values.get("hidden"), str):
+            explicit[name] = v
+    if "hidden" in explicit:
         try:
-            values["hidden"] = tuple(int(h) for h in values["hidden"].split(",") if h)
+            explicit["hidden"] = tuple(int(h) for h in explicit["hidden"].split(",") if h)
         except ValueError:
             raise InputError(f"--hidden takes widths like 256,256, got {args.hidden!r}") from None
-    binarizer = args.binarizer or (preset.binarizer if preset else "quantile:2:thermometer")
+    values, binarizer = resolve(args.preset, explicit, args.binarizer, dataset)
     return TrainConfig(**values), binarizer
 
 
@@ -241,8 +240,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     if output.exists() and not args.force:
         raise InputError(f"{output} already exists; choose another --output or pass --force")
+    dataset = _dataset_name(args)
+    # Settings first: a conflict is reported before any data is read.
+    config, spec = (None, None) if args.resume else _config_from_args(args, dataset)
+    binarizer = None if args.resume else binarizer_from_spec(spec)
     X_val = y_val = None
-    if _dataset_name(args) == "mnist":
+    if dataset == "mnist":
         from bitnn.data.mnist import load_mnist
 
         mnist = load_mnist(args.data_dir)  # the standard split: train 50,000 + valid 10,000
@@ -250,8 +253,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         X_val, y_val = mnist.X_train[50000:], mnist.y_train[50000:]
     else:
         X, y = load_xy(args.data, args.label_column)
-    config, spec = (None, None) if args.resume else _config_from_args(args)
-    binarizer = None if args.resume else binarizer_from_spec(spec)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
     net = train_network(
         X,

@@ -1,10 +1,14 @@
 """Named training configurations.
 
 ``paper`` follows Kim & Smaragdis (2015) as far as the paper specifies it: one-bit biases,
-tanh weight compression then noisy backpropagation, population-based (quantile) input bits,
-dropout. What the paper leaves open (optimiser, schedule) is Adam with an exponential decay.
+tanh weight compression then noisy backpropagation, population-based (quantile) input bits
+scattered to input units, dropout; on MNIST 3 hidden layers of 1024 units. What the paper
+leaves open (optimiser, schedule) is Adam with an exponential decay.
 ``best`` adds what we found to work better: BatchNorm folded into integer thresholds at
-conversion (inference stays all-bit: XNOR, popcount, integer compare), and a cosine schedule.
+conversion (inference stays all-bit: XNOR, popcount, integer compare) and a cosine schedule.
+
+A preset's ``fixed`` settings define it: giving another value explicitly is a conflict, not an
+override. Everything else (epochs, learning rates, widths) may be overridden.
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ class Preset:
     config: dict[str, Any]
     binarizer: str
     description: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    fixed: tuple[str, ...] = ()  # config keys whose preset value may not be changed
+    binarizer_kinds: tuple[str, ...] = ()  # allowed binarizer kinds (empty: any)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset defaults
 
+
+_MNIST = {"hidden": (1024, 1024, 1024), "epochs_round1": 100, "epochs_round2": 100}
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         config={
             "bias_kind": "bias",
             "output_bias_kind": "bias",
+            "round2_weights": "tanh",
             "optimizer": "adam",
             "schedule": "exponential",
             "dropout_input": 0.1,
@@ -35,6 +44,9 @@ PRESETS: dict[str, Preset] = {
         },
         binarizer="quantile:2:binary",
         description="the paper's method: bias bits, tanh compression, noisy backprop",
+        fixed=("bias_kind", "output_bias_kind", "round2_weights"),
+        binarizer_kinds=("quantile",),
+        datasets={"mnist": _MNIST},
     ),
     "best": Preset(
         config={
@@ -47,6 +59,7 @@ PRESETS: dict[str, Preset] = {
         },
         binarizer="quantile:2:thermometer",
         description="integer thresholds (folded BatchNorm), cosine schedule",
+        datasets={"mnist": _MNIST},
     ),
 }
 
@@ -56,3 +69,35 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def resolve(
+    preset_name: str | None,
+    explicit: dict[str, Any],
+    binarizer: str | None = None,
+    dataset: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """TrainConfig values and binarizer spec from a preset, a dataset and explicit options.
+
+    Explicit options override the preset's defaults, except its ``fixed`` settings and
+    binarizer kind, where a different value raises :class:`InputError`.
+    """
+    if preset_name is None:
+        return dict(explicit), binarizer or "quantile:2:thermometer"
+    preset = get_preset(preset_name)
+    values = {**preset.config, **preset.datasets.get(dataset or "", {})}
+    for key, value in explicit.items():
+        if key in preset.fixed and value != preset.config[key]:
+            raise InputError(
+                f"{key}={value!r} conflicts with --preset {preset_name} ({preset.description}: "
+                f"{key}={preset.config[key]!r}); drop one of them"
+            )
+        values[key] = value
+    spec = binarizer or preset.binarizer
+    kind = spec.split(":")[0]
+    if preset.binarizer_kinds and kind not in preset.binarizer_kinds:
+        raise InputError(
+            f"binarizer {spec!r} conflicts with --preset {preset_name}, which uses "
+            f"{' or '.join(preset.binarizer_kinds)} binarizers"
+        )
+    return values, spec
