@@ -1,19 +1,26 @@
-"""MNIST study: train bitwise networks with the named presets and measure their test error.
+"""MNIST study: bitwise networks with the named presets against float32 baselines.
 
-    python benchmarks/mnist.py --presets paper,best --out out/mnist
+    python benchmarks/mnist.py --presets paper,best --baselines --out out/mnist \
+        --write docs/results/mnist.md
 
 For each preset: train on the standard 50,000/10,000 train/validation split, save the model
-(``OUT/mnist-PRESET.bnn``), evaluate it on the 10,000 test images with bit logic only (the
-model file alone, reloaded), and write ``OUT/results.json`` with errors, sizes, wall time,
-the machine and the per-epoch history (validation accuracy of both rounds). Several presets
-given together run one after another.
+(``OUT/mnist-PRESET.bnn``) and measure it on the 10,000 test images with bit logic only, from
+the model file alone. The round-1 network (tanh, real-valued) of each preset is measured on
+the test set too. ``--baselines`` adds a float32 network of the same architecture (ReLU,
+dropout, Adam) on real-valued pixels and on the preset's binarized inputs. Writes
+``OUT/results.json`` (errors, sizes, wall time, machine, per-epoch history), training-curve
+plots ``OUT/mnist-PRESET-curves.png`` when matplotlib is installed, and with ``--write`` the
+markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +30,10 @@ from bitnn.binarize import binarizer_from_spec
 from bitnn.data.mnist import load_mnist
 from bitnn.io import load_model, save_model
 from bitnn.train.presets import resolve
-from bitnn.train.trainer import TrainConfig, train_network
+from bitnn.train.trainer import TrainConfig, to_bipolar, train_network
 
 
-def run_preset(name: str, args: argparse.Namespace, mnist) -> dict:
+def preset_config(name: str, args: argparse.Namespace) -> tuple[TrainConfig, str]:
     explicit: dict = {"seed": args.seed, "device": args.device}
     if args.hidden:
         explicit["hidden"] = tuple(int(h) for h in args.hidden.split(","))
@@ -38,7 +45,11 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> dict:
         key, _, value = override.partition("=")
         explicit[key] = type(getattr(TrainConfig(), key))(value)
     values, spec = resolve(name, explicit, args.binarizer, "mnist")
-    config = TrainConfig(**values)
+    return TrainConfig(**values), spec
+
+
+def run_preset(name: str, args: argparse.Namespace, mnist) -> list[dict]:
+    config, spec = preset_config(name, args)
     start = time.perf_counter()
     net = train_network(
         mnist.X_train[:50000],
@@ -47,6 +58,7 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> dict:
         binarizer_from_spec(spec),
         X_val=mnist.X_train[50000:],
         y_val=mnist.y_train[50000:],
+        report={"test": (mnist.X_test, mnist.y_test)},
         metadata={"command": f"benchmarks/mnist.py --presets {name}", "preset": name},
     )
     seconds = time.perf_counter() - start
@@ -54,19 +66,143 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> dict:
     size = save_model(net, path)
     reloaded = load_model(path)  # the row is measured from the file alone
     test_error = float(np.mean(reloaded.predict(mnist.X_test) != mnist.y_test))
-    result = {
-        "preset": name,
-        "config": config.to_json(),
-        "binarizer": repr(net.binarizer),
-        "test_error": test_error,
-        "best_val_accuracy": net.metadata["training"]["best_val_accuracy"],
-        "train_seconds": round(seconds, 1),
-        "file_bytes": size,
-        "parameter_bits": net.parameter_bits(),
-        "history": net.metadata["training"]["history"],
-    }
-    print(f"{name}: test error {100 * test_error:.2f}% after {seconds:.0f} s", flush=True)
-    return result
+    training = net.metadata["training"]
+    print(f"{name}: BNN test error {100 * test_error:.2f}% after {seconds:.0f} s", flush=True)
+    plot_curves(training["history"], Path(args.out) / f"mnist-{name}-curves.png", name)
+    round1 = training["round_accuracy"]["test"].get("1")
+    rows = [
+        {
+            "row": f"round-1 network ({name} preset: tanh weights and activations)",
+            "test_error": None if round1 is None else 1 - round1,
+            "bits": None,
+            "bytes": net.float32_bytes(),
+            "seconds": None,
+        },
+        {
+            "row": f"BNN, {name} preset",
+            "test_error": test_error,
+            "bits": net.parameter_bits(),
+            "bytes": size,
+            "seconds": round(seconds, 1),
+            "config": config.to_json(),
+            "binarizer": repr(net.binarizer),
+            "best_val_accuracy": training["best_val_accuracy"],
+            "history": training["history"],
+        },
+    ]
+    return rows
+
+
+def train_float(x_train, y_train, x_val, y_val, x_test, y_test, hidden, epochs, seed, device):
+    """A float32 MLP of the same shape (ReLU, dropout 0.2, Adam, cosine); best validation epoch."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    sizes = [x_train.shape[1], *hidden]
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(0.2)]
+    model = nn.Sequential(*layers, nn.Linear(sizes[-1], 10)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    xt, yt = torch.from_numpy(x_train).to(dev), torch.from_numpy(y_train).to(dev)
+
+    def accuracy(x, y):
+        model.eval()
+        with torch.no_grad():
+            pred = model(torch.from_numpy(x).to(dev)).argmax(1).cpu().numpy()
+        model.train()
+        return float(np.mean(pred == y))
+
+    best, best_test = -1.0, 0.0
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=g).split(100):
+            idx = idx.to(dev)
+            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        val = accuracy(x_val, y_val)
+        if val > best:
+            best, best_test = val, accuracy(x_test, y_test)
+    return 1 - best_test, sum(p.numel() for p in model.parameters()) * 4
+
+
+def run_baselines(args: argparse.Namespace, mnist) -> list[dict]:
+    _, spec = preset_config("paper", args)
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else (1024, 1024, 1024)
+    real = [x.astype(np.float32) / 255 for x in (mnist.X_train, mnist.X_test)]
+    b = binarizer_from_spec(spec).fit(mnist.X_train[:50000])
+    bits = [to_bipolar(b.transform(x)).astype(np.float32) for x in (mnist.X_train, mnist.X_test)]
+    rows = []
+    for label, (train, test) in (
+        ("float32 network, real-valued pixels", real),
+        (f"float32 network, binarized inputs ({b!r})", bits),
+    ):
+        start = time.perf_counter()
+        err, nbytes = train_float(
+            train[:50000], mnist.y_train[:50000], train[50000:], mnist.y_train[50000:],
+            test, mnist.y_test, hidden, args.float_epochs, args.seed, args.device,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        print(f"{label}: test error {100 * err:.2f}% after {seconds:.0f} s", flush=True)
+        rows.append({"row": label, "test_error": err, "bits": None, "bytes": nbytes,
+                     "seconds": round(seconds, 1)})  # fmt: skip
+    return rows
+
+
+def plot_curves(history: list[dict], path: Path, name: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no training-curve plot", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    offset = sum(1 for e in history if e["round"] == 1)  # round 2 continues the epoch axis
+    for r, style in ((1, "o-"), (2, "s--")):
+        h = [e for e in history if e["round"] == r]
+        if not h:
+            continue
+        epochs = [e["epoch"] + (offset if r == 2 else 0) for e in h]
+        axes[0].plot(epochs, [e["loss"] for e in h], style, ms=3, label=f"round {r}")
+        errors = [100 * (1 - e["val_accuracy"]) for e in h]
+        axes[1].plot(epochs, errors, style, ms=3, label=f"round {r}")
+    axes[0].set(xlabel="epoch", ylabel="training loss", title=f"{name}: loss")
+    axes[1].set(xlabel="epoch", ylabel="validation error (%)", title=f"{name}: validation error")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "# MNIST: bitwise networks against float32 baselines",
+        "",
+        f"- command: `{summary['command']}`",
+        f"- machine: {summary['machine']}; device: {summary['device']}; "
+        f"total wall time {summary['seconds']:.0f} s",
+        "- test error on the 10,000 standard test images; BNN rows are measured with bit logic "
+        "only, from the saved model file",
+        "",
+        "| network | test error | model bits | bytes | training time |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in summary["rows"]:
+        err = "" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
+        bits = "" if r["bits"] is None else f"{r['bits']:,}"
+        secs = "" if r["seconds"] is None else f"{r['seconds']:.0f} s"
+        lines.append(f"| {r['row']} | {err} | {bits} | {r['bytes']:,} | {secs} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -77,23 +213,39 @@ def main() -> None:
     p.add_argument("--epochs2", type=int, help="override the preset's round-2 epochs")
     p.add_argument("--binarizer", help="override the preset's binarizer spec")
     p.add_argument("--set", action="append", help="override a TrainConfig field: key=value")
+    p.add_argument("--baselines", action="store_true", help="also train float32 baselines")
+    p.add_argument("--float-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="out/mnist")
+    p.add_argument("--write", help="write the markdown table here")
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     mnist = load_mnist()
-    results = []
-    for name in args.presets.split(","):
-        results.append(run_preset(name, args, mnist))
-        try:
-            import torch
+    start = time.perf_counter()
+    try:
+        import torch
 
-            device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            device = "cpu"
-        summary = {"machine": platform.node(), "device": device, "results": results}
-        (Path(args.out) / "results.json").write_text(json.dumps(summary, indent=1))
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        device = "cpu"
+    rows: list[dict] = []
+    if args.baselines:
+        rows += run_baselines(args, mnist)
+    for name in args.presets.split(","):
+        rows += run_preset(name, args, mnist)
+    summary = {
+        "command": "python benchmarks/mnist.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
+        "device": device,
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    (Path(args.out) / "results.json").write_text(json.dumps(summary, indent=1))
+    if args.write:
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(markdown(summary))
+    print(markdown(summary))
 
 
 if __name__ == "__main__":

@@ -220,3 +220,15 @@ def test_bad_training_input():
         train_network(X, y, cfg, X_val=X[:, :3], y_val=y)
     with pytest.raises(InputError, match="optimizer"):
         TrainConfig(optimizer="lbfgs")
+
+
+def test_report_sets_measure_each_round_and_round_2_is_the_network(tmp_path):
+    X, y = _blobs(500)
+    Xt, yt = _blobs(200, seed=5)
+    cfg = TrainConfig(hidden=(16,), epochs_round1=2, epochs_round2=2, seed=2)
+    with quiet():
+        net = train_network(X, y, cfg, QuantileBinarizer(2), report={"test": (Xt, yt)})
+    acc = net.metadata["training"]["round_accuracy"]["test"]
+    assert set(acc) == {"1", "2"} and all(0 <= a <= 1 for a in acc.values())
+    # round 2 in binary eval mode is exactly the deployed network
+    assert acc["2"] == float(np.mean(net.predict(Xt) == yt))

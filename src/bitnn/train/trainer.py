@@ -331,11 +331,26 @@ class Trainer:
         """Train to the end (or raise :class:`TrainingInterrupted`); return the best model."""
         with _stop_on_sigint(self.stop):
             self._run()
+        return self.final_model()
+
+    def final_model(self) -> BitMLP:
+        """The best network of the last round, in binary eval mode."""
         final_round = 2 if self.config.epochs_round2 > 0 else 1
         self.model.load_state_dict(self.best[final_round][1])
         self.model.set_round(2)
         self.model.eval()
         return self.model
+
+    def round_accuracies(self, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        """Accuracy of each round's best network (round 1 as trained: tanh, real-valued) on
+        each named set of +1/-1 inputs; leaves the model in an arbitrary state."""
+        out: dict[str, Any] = {name: {} for name in sets}
+        for r, (_, state) in sorted(self.best.items()):
+            self.model.load_state_dict(state)
+            self.model.set_round(r)
+            for name, (x, y) in sets.items():
+                out[name][str(r)] = self.evaluate(x, y)
+        return out
 
     def _run(self) -> None:
         cfg, pos = self.config, self.position
@@ -534,13 +549,16 @@ def train_network(
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     on_batch: Callable[[Trainer], None] | None = None,
+    report: dict[str, tuple[Any, Any]] | None = None,
 ) -> BitNetwork:
     """Train a bitwise network on raw ``(X, y)`` and return the deployed :class:`BitNetwork`.
 
     ``binarizer`` (unfitted) turns X into input bits; it is fitted on the training part only.
     Without ``X_val``, ``config.val_fraction`` of ``(X, y)`` is held out (seeded). With
     ``resume=True`` the run continues from ``checkpoint_path`` with the checkpoint's own
-    configuration; the data must be the same as when it started.
+    configuration; the data must be the same as when it started. ``report`` names extra
+    ``(X, y)`` sets (say, a test set) on which each round's best network is measured; the
+    accuracies go to the metadata (``training.round_accuracy``), nothing is selected on them.
     """
     x_all = check_features(X)
     y_all, output, n_outputs = validate_targets(y, x_all.shape[0], n_classes)
@@ -603,6 +621,15 @@ def train_network(
         pos = trainer.position
         log(f"resuming at round {pos.round}, epoch {pos.epoch + 1}, batch {pos.batch}")
     model = trainer.run()
+    round_accuracy = {}
+    if report:
+        sets = {}
+        for name, (Xr, yr) in report.items():
+            xr = check_features(Xr, x_all.shape[1], f"report set {name!r}")
+            yr, _, _ = validate_targets(yr, xr.shape[0], n_outputs if output == "scores" else None)
+            sets[name] = (to_bipolar(binarizer.transform(xr)), yr)
+        round_accuracy = trainer.round_accuracies(sets)
+        model = trainer.final_model()
     final = trainer.history[-1] if trainer.history else {}
     meta = {
         "training": {
@@ -613,6 +640,7 @@ def train_network(
             "n_val": 0 if x_va is None else int(x_va.shape[0]),
             "data_sha256": fingerprint,
             "final_epoch": final,
+            "round_accuracy": round_accuracy,
         },
         **(metadata or {}),
     }
