@@ -1,6 +1,7 @@
 """The main job (`make demo`): train a small bitwise MNIST network, save it, describe it,
-measure its test error with bit logic only, and time its inference (compiled kernels
-against the numpy reference engine).
+measure its test error with bit logic only, export it to dependency-free C (compiled here
+and checked prediction for prediction against Python), and time its inference (compiled
+kernels against the numpy reference engine).
 
 Run from the repository root: `python scripts/demo_mnist.py [--epochs N] [--out DIR]`.
 """
@@ -8,6 +9,8 @@ Run from the repository root: `python scripts/demo_mnist.py [--epochs N] [--out 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +48,43 @@ def demo() -> None:
     print(f"(trained in {time.perf_counter() - start:.0f} s)")
     run("info", str(model))
     run("eval", str(model), "--dataset", "mnist")
+    run("export", str(model), "-o", str(out / "c"), "--name", "mnist_bnn")
+    check_c_export(out / "c", model)
     benchmark(model)
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include "mnist_bnn.h"
+int main(void) { /* reads 784-byte images from stdin, prints one class per line */
+    uint8_t x[MNIST_BNN_FEATURES];
+    while (fread(x, 1, sizeof x, stdin) == sizeof x) printf("%d\n", mnist_bnn_predict_u8(x));
+    return 0;
+}
+"""
+
+
+def check_c_export(folder: Path, model: Path) -> None:
+    """Compile the exported C with the system compiler and compare it with Python."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("no C compiler here: skipping the check of the exported C")
+        return
+    (folder / "main.c").write_text(HARNESS)
+    exe = folder / "mnist_bnn"
+    subprocess.run(
+        [cc, "-std=c99", "-O2", "-Wall", "-Wextra", str(folder / "main.c"),
+         str(folder / "mnist_bnn.c"), "-o", str(exe)],
+        check=True,
+    )  # fmt: skip
+    pixels = load_mnist().X_test
+    out = subprocess.run([str(exe)], input=pixels.tobytes(), capture_output=True, check=True)
+    c_pred = np.array(out.stdout.split(), dtype=int)
+    py_pred = load_model(model).predict(pixels)
+    same = int(np.sum(c_pred == py_pred)) if c_pred.shape == py_pred.shape else 0
+    print(f"C export: {same:,} of {len(py_pred):,} test predictions identical to Python")
+    if same != len(py_pred):
+        sys.exit("the exported C disagrees with Python")
 
 
 def benchmark(model: Path) -> None:

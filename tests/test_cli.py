@@ -212,3 +212,21 @@ def test_presets_carry_the_paper_architecture_for_mnist():
     assert values["hidden"] == (64,) and values["epochs_round1"] == 1
     values, spec = resolve(None, {"seed": 3})
     assert values == {"seed": 3} and spec == "quantile:2:thermometer"
+
+
+def test_export_command(tmp_path, capsys):
+    from bitnn.binarize import QuantileBinarizer
+    from bitnn.io import save_model
+    from bitnn.network import BitLayer, BitNetwork
+
+    rng = np.random.default_rng(0)
+    b = QuantileBinarizer(2).fit(rng.standard_normal((30, 6)))
+    net = BitNetwork([BitLayer.from_values(rng.choice([-1, 1], (3, 12)))], b)
+    save_model(net, tmp_path / "n.bnn")
+    assert (
+        main(["export", str(tmp_path / "n.bnn"), "-o", str(tmp_path / "c"), "--name", "tiny"]) == 0
+    )
+    assert (tmp_path / "c" / "tiny.h").exists() and (tmp_path / "c" / "tiny.c").exists()
+    assert "tiny.c" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "n.bnn"), "-o", str(tmp_path / "c"), "--name", "1x"]) == 2
+    assert "identifier" in capsys.readouterr().err

@@ -276,6 +276,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from bitnn.export.c import export_c
+
+    net = load_model(args.model)
+    paths = export_c(net, args.output, args.name)
+    size = sum(p.stat().st_size for p in paths)
+    print(f"wrote {', '.join(str(p) for p in paths)} ({_fmt_bytes(size)} of C source)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bitnn.binarize import ThresholdBinarizer
     from bitnn.train.trainer import TrainConfig, train_network
@@ -350,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
         s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("export", help="write dependency-free C for a device")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", required=True, help="folder for NAME.h and NAME.c")
+    s.add_argument("--name", default="bitnn_model", help="C identifier prefix (bitnn_model)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="small demonstrations (needs PyTorch)")
     s.add_argument("name", help="xor")

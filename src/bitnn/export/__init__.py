@@ -1,0 +1,1 @@
+"""Code generation for devices: :func:`bitnn.export.c.export_c` writes dependency-free C."""
