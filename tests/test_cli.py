@@ -116,7 +116,7 @@ def test_eval_errors(data, capsys):
     assert main(["eval", str(data / "n.bnn"), str(data / "obj.npz")]) == 2
 
 
-def test_info_and_eval_do_not_import_torch(data):
+def test_deployment_commands_do_not_import_torch(data):
     from bitnn.binarize import ThresholdBinarizer
     from bitnn.io import save_model
     from bitnn.network import BitLayer, BitNetwork
@@ -129,6 +129,8 @@ def test_info_and_eval_do_not_import_torch(data):
         "import sys; from bitnn.cli import main; "
         f"main(['info', {str(data / 'n.bnn')!r}]); "
         f"main(['eval', {str(data / 'n.bnn')!r}, {str(data / 'd.npz')!r}]); "
+        f"main(['predict', {str(data / 'n.bnn')!r}, {str(data / 'd.npz')!r}]); "
+        f"main(['export', {str(data / 'n.bnn')!r}, '-o', {str(data / 'c')!r}]); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
