@@ -333,9 +333,67 @@ __attribute__((target("popcnt"))) static void bin_portable_popcnt(bin_args *a, i
     bin_portable_body(a, r0, r1);
 }
 
+/* uint8 inputs, 64 features at a time with byte compares. Edges >= 256 can never be reached:
+ * they become 255 plus a "never" bit. Called by bin_avx512 when F_pad is a multiple of 64. */
+AVX512_TARGET static void bin_avx512_u8(bin_args *a, int64_t r0, int64_t r1) {
+    const int64_t k = a->k, fpw = 64 / k, F = a->F, E = a->E, FP = a->F_pad, chunks = FP / 64;
+    uint8_t *thr8 = malloc((size_t)(E * FP));
+    uint64_t *never = calloc((size_t)(E * chunks), sizeof(uint64_t));
+    if (!thr8 || !never) { /* out of memory: the 16-bit path needs no tables */
+        free(thr8);
+        free(never);
+        bin_portable_popcnt(a, r0, r1);
+        return;
+    }
+    const uint16_t *thr = (const uint16_t *)a->thr;
+    for (int64_t j = 0; j < E; j++)
+        for (int64_t f = 0; f < FP; f++) {
+            uint16_t v = thr[j * FP + f];
+            thr8[j * FP + f] = v > 255 ? 255 : (uint8_t)v;
+            if (v > 255) never[j * chunks + f / 64] |= 1ULL << (f % 64);
+        }
+    uint64_t spread[8];
+    for (int64_t b = 0; b < k; b++) {
+        spread[b] = 0;
+        for (int64_t i = 0; i < fpw; i++) spread[b] |= 1ULL << (i * k + b);
+    }
+    const uint64_t low = fpw == 64 ? ~0ULL : (1ULL << fpw) - 1;
+    for (int64_t r = r0; r < r1; r++) {
+        uint64_t *out = a->out + r * a->out_words;
+        const uint8_t *xr = (const uint8_t *)a->x + r * F;
+        for (int64_t c = 0; c < chunks && c * 64 < F; c++) {
+            int64_t n = F - c * 64 < 64 ? F - c * 64 : 64;
+            uint64_t valid = n == 64 ? ~0ULL : (1ULL << n) - 1;
+            __m512i x = _mm512_maskz_loadu_epi8(valid, xr + c * 64);
+            uint64_t t[64], v[8];
+            for (int64_t j = 0; j < E; j++)
+                t[j] = _mm512_cmpge_epu8_mask(x, _mm512_loadu_si512(thr8 + j * FP + c * 64)) &
+                       ~never[j * chunks + c];
+            for (int64_t b = 0; b < k; b++) {
+                uint64_t acc = ((a->c0 >> b) & 1) ? ~0ULL : 0;
+                for (uint64_t fl = a->flips[b]; fl; fl &= fl - 1) acc ^= t[__builtin_ctzll(fl)];
+                v[b] = acc & valid;
+            }
+            for (int64_t wi = 0; wi < k; wi++) { /* 64 features x k bits = k words */
+                int64_t word = c * k + wi;
+                if (word >= a->out_words) break;
+                uint64_t acc = 0;
+                for (int64_t b = 0; b < k; b++) acc |= _pdep_u64((v[b] >> (wi * fpw)) & low, spread[b]);
+                out[word] = acc;
+            }
+        }
+    }
+    free(thr8);
+    free(never);
+}
+
 /* 32 features at a time: edge masks by vector compares, code bits by XOR of masks, then pdep
  * spreads each code bit to every k-th position. For k in {1, 2, 4, 8}. */
 AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
+    if (a->is_u8 && a->F_pad % 64 == 0) {
+        bin_avx512_u8(a, r0, r1);
+        return;
+    }
     const int64_t k = a->k, fpw = 64 / k, F = a->F;
     uint64_t spread[8];
     for (int64_t b = 0; b < k; b++) {

@@ -207,7 +207,7 @@ def _binarize_plan(b: Binarizer) -> SimpleNamespace | None:
     k = codes.shape[1]
     if e > 64:
         return None
-    f_pad = -(-f // 32) * 32
+    f_pad = -(-f // 64) * 64  # whole 64-feature chunks for the byte-compare path
     thr_f32 = np.zeros((e, f_pad), dtype=np.float32)
     thr_f32[:, :f] = edges.T
     # For integer inputs, x >= e  <=>  x >= ceil(e); clipped to [0, 256] (256: never).
