@@ -204,28 +204,21 @@ static void put_code(uint32_t *bits, int f, uint32_t t) {{
         bits[u / 32] |= bit << (u % 32);
     }}
 }}
-
-void {name}_binarize_u8(const uint8_t *x, uint32_t *bits) {{
+"""
+        )
+        for kind, ctype, edges in (("u8", "uint8_t", "EDGES_U8"), ("f32", "float", "EDGES_F32")):
+            c.append(
+                f"""void {name}_binarize_{kind}(const {ctype} *x, uint32_t *bits) {{
     memset(bits, 0, sizeof(uint32_t) * {upper}_INPUT_WORDS);
     for (int f = 0; f < {f}; f++) {{
         uint32_t t = 0;
         for (int j = 0; j < {n_edges}; j++)
-            t |= (uint32_t)(x[f] >= EDGES_U8[f * {n_edges} + j]) << j;
-        put_code(bits, f, t);
-    }}
-}}
-
-void {name}_binarize_f32(const float *x, uint32_t *bits) {{
-    memset(bits, 0, sizeof(uint32_t) * {upper}_INPUT_WORDS);
-    for (int f = 0; f < {f}; f++) {{
-        uint32_t t = 0;
-        for (int j = 0; j < {n_edges}; j++)
-            t |= (uint32_t)(x[f] >= EDGES_F32[f * {n_edges} + j]) << j;
+            t |= (uint32_t)(x[f] >= {edges}[f * {n_edges} + j]) << j;
         put_code(bits, f, t);
     }}
 }}
 """
-        )
+            )
     # the forward pass through static ping-pong buffers
     body = ["    const uint32_t *h = bits;"]
     if len(layers) > 1:
