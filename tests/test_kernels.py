@@ -106,9 +106,13 @@ def test_fast_binarize_matches_numpy(variant, binarizer, n_features):
     eng = get_engine(variant)
     for X in (pixels, pixels.astype(np.float32) / 7, pixels.astype(np.float64) - 100.25):
         np.testing.assert_array_equal(eng.binarize(binarizer, X), binarizer.transform_packed(X))
-    # uint8 input against float edges that fall between integers
+    # uint8 input against float edges that fall between integers, and edges above 255
     b = ThresholdBinarizer(17.5).fit(pixels)
     np.testing.assert_array_equal(eng.binarize(b, pixels), b.transform_packed(pixels))
+    pixels[:, -1] = 255
+    for b in (ThresholdBinarizer(255.5), QuantileBinarizer(3, "binary")):
+        b.fit(pixels.astype(np.float32) * 2 - 100)  # edges from -100 to 410
+        np.testing.assert_array_equal(eng.binarize(b, pixels), b.transform_packed(pixels))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -12,6 +12,7 @@ Multi-bit codes place the ``k`` bits of feature ``f`` at output units ``f*k .. f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -354,6 +355,41 @@ class WTAHashBinarizer(Binarizer):
         else:
             bits = (win[:, :, None] >> np.arange(self.bits_per_hash)) & 1
         return bits.astype(np.uint8).reshape(win.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class EdgeCode:
+    """A fitted threshold/quantile/Lloyd-Max binarizer as tables for compiled code (the C
+    kernels and the C export): per feature f and edge j, ``t_j = x_f >= edges[f, j]``; code bit
+    b of the feature is ``bit b of c0`` XOR the parity of ``t & flips[b]`` (exact for any code,
+    since the ``t_j`` of sorted edges are nested)."""
+
+    edges: np.ndarray  # (n_features, n_edges) float32
+    int_edges: np.ndarray  # (n_features, n_edges) int64: ceil(edge) in [0, 256], 256 = never
+    flips: tuple[int, ...]  # per code bit: the edges where that bit changes
+    c0: int  # code bits of level 0
+    k: int  # bits per feature
+
+
+def edge_code(b: Binarizer) -> EdgeCode | None:
+    """The :class:`EdgeCode` of a fitted binarizer, or None for kinds without edges (WTA)."""
+    if isinstance(b, ThresholdBinarizer):
+        edges = b.thresholds_[:, None]
+        codes = np.array([[0], [1]], dtype=np.uint8)
+    elif isinstance(b, _EdgeBinarizer):
+        edges = b.edges_
+        codes = _encode_levels(np.arange(b.n_levels, dtype=np.uint8)[:, None], b.n_bits, b.code)
+    else:
+        return None
+    k = codes.shape[1]
+    flips = tuple(
+        sum(1 << int(j) for j in np.nonzero(codes[1:, bit] != codes[:-1, bit])[0])
+        for bit in range(k)
+    )
+    # For integer inputs (uint8), x >= e  <=>  x >= ceil(e).
+    int_edges = np.clip(np.ceil(edges.astype(np.float64)), 0, 256).astype(np.int64)
+    c0 = sum(int(codes[0, bit]) << bit for bit in range(k))
+    return EdgeCode(np.asarray(edges, dtype=np.float32), int_edges, flips, c0, k)
 
 
 BINARIZERS: dict[str, type[Binarizer]] = {

@@ -287,30 +287,36 @@ static layer_fn layer_kernel(int variant) {
 /* ---- input binarization -------------------------------------------------------------------- */
 /* Per feature f and edge j: t_j = (x_f >= edge[j][f]). Output bit b of feature f (at unit f*k+b)
  * is c0_b XOR (XOR of t_j over j in flips_b): exact for any code over sorted edges, since the
- * t_j are nested. Thresholds are float32, or for uint8 input uint16 ceil(edge) in [0, 256]. */
+ * t_j are nested. Thresholds are float32, or for uint8 input the integer edges ceil(edge)
+ * clipped to 255 plus a "never" bit per edge and feature for edges above 255. */
 
 typedef struct {
-    const void *x;      /* B x F, uint8 or float32 */
+    const void *x;         /* B x F, uint8 or float32 */
     int is_u8;
-    const void *thr;    /* E x F_pad (uint16 for u8 input, float32 otherwise) */
+    const void *thr;       /* E x F_pad (uint8 for u8 input, float32 otherwise) */
+    const uint64_t *never; /* u8 input: E x F_pad/64 bits, edge j of feature f unreachable */
     int64_t B, F, F_pad, E, k, out_words;
     const uint64_t *flips; /* k masks over the E edges */
-    uint64_t c0;        /* bit b: code bit b at level 0 */
-    uint64_t *out;      /* B x out_words, zero-initialised */
-    atomic_int bad;     /* set when a float input is NaN or infinite */
+    uint64_t c0;           /* bit b: code bit b at level 0 */
+    uint64_t *out;         /* B x out_words, zero-initialised */
+    atomic_int bad;        /* set when a float input is NaN or infinite */
 } bin_args;
 
 typedef void (*bin_fn)(bin_args *a, int64_t r0, int64_t r1);
 
 static inline __attribute__((always_inline)) void bin_portable_body(bin_args *a, int64_t r0, int64_t r1) {
+    const int64_t chunks = a->F_pad / 64;
     for (int64_t r = r0; r < r1; r++) {
         uint64_t *out = a->out + r * a->out_words;
         for (int64_t f = 0; f < a->F; f++) {
             uint64_t t = 0;
             if (a->is_u8) {
-                uint16_t v = ((const uint8_t *)a->x)[r * a->F + f];
-                const uint16_t *thr = (const uint16_t *)a->thr;
-                for (int64_t j = 0; j < a->E; j++) t |= (uint64_t)(v >= thr[j * a->F_pad + f]) << j;
+                uint8_t v = ((const uint8_t *)a->x)[r * a->F + f];
+                const uint8_t *thr = (const uint8_t *)a->thr;
+                for (int64_t j = 0; j < a->E; j++) {
+                    uint64_t never = (a->never[j * chunks + f / 64] >> (f % 64)) & 1;
+                    t |= (uint64_t)(v >= thr[j * a->F_pad + f] && !never) << j;
+                }
             } else {
                 float v = ((const float *)a->x)[r * a->F + f];
                 if (!__builtin_isfinite(v)) atomic_store(&a->bad, 1);
@@ -333,42 +339,47 @@ __attribute__((target("popcnt"))) static void bin_portable_popcnt(bin_args *a, i
     bin_portable_body(a, r0, r1);
 }
 
-/* uint8 inputs, 64 features at a time with byte compares. Edges >= 256 can never be reached:
- * they become 255 plus a "never" bit. Called by bin_avx512 when F_pad is a multiple of 64. */
-AVX512_TARGET static void bin_avx512_u8(bin_args *a, int64_t r0, int64_t r1) {
+/* 64 features at a time: edge masks t_j by vector compares (64 bytes, or 4 x 16 floats), code
+ * bits by XOR of masks, then pdep spreads each code bit to every k-th position of the k output
+ * words of the chunk. For k in {1, 2, 4, 8}. */
+AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
     const int64_t k = a->k, fpw = 64 / k, F = a->F, E = a->E, FP = a->F_pad, chunks = FP / 64;
-    uint8_t *thr8 = malloc((size_t)(E * FP));
-    uint64_t *never = calloc((size_t)(E * chunks), sizeof(uint64_t));
-    if (!thr8 || !never) { /* out of memory: the 16-bit path needs no tables */
-        free(thr8);
-        free(never);
-        bin_portable_popcnt(a, r0, r1);
-        return;
-    }
-    const uint16_t *thr = (const uint16_t *)a->thr;
-    for (int64_t j = 0; j < E; j++)
-        for (int64_t f = 0; f < FP; f++) {
-            uint16_t v = thr[j * FP + f];
-            thr8[j * FP + f] = v > 255 ? 255 : (uint8_t)v;
-            if (v > 255) never[j * chunks + f / 64] |= 1ULL << (f % 64);
-        }
+    const uint64_t low = fpw == 64 ? ~0ULL : (1ULL << fpw) - 1;
     uint64_t spread[8];
     for (int64_t b = 0; b < k; b++) {
         spread[b] = 0;
         for (int64_t i = 0; i < fpw; i++) spread[b] |= 1ULL << (i * k + b);
     }
-    const uint64_t low = fpw == 64 ? ~0ULL : (1ULL << fpw) - 1;
     for (int64_t r = r0; r < r1; r++) {
         uint64_t *out = a->out + r * a->out_words;
-        const uint8_t *xr = (const uint8_t *)a->x + r * F;
-        for (int64_t c = 0; c < chunks && c * 64 < F; c++) {
-            int64_t n = F - c * 64 < 64 ? F - c * 64 : 64;
+        for (int64_t c = 0; c * 64 < F; c++) {
+            int64_t f0 = c * 64, n = F - f0 < 64 ? F - f0 : 64;
             uint64_t valid = n == 64 ? ~0ULL : (1ULL << n) - 1;
-            __m512i x = _mm512_maskz_loadu_epi8(valid, xr + c * 64);
             uint64_t t[64], v[8];
-            for (int64_t j = 0; j < E; j++)
-                t[j] = _mm512_cmpge_epu8_mask(x, _mm512_loadu_si512(thr8 + j * FP + c * 64)) &
-                       ~never[j * chunks + c];
+            if (a->is_u8) {
+                __m512i x = _mm512_maskz_loadu_epi8(valid, (const uint8_t *)a->x + r * F + f0);
+                const uint8_t *thr = (const uint8_t *)a->thr + f0;
+                for (int64_t j = 0; j < E; j++)
+                    t[j] = _mm512_cmpge_epu8_mask(x, _mm512_loadu_si512(thr + j * FP)) &
+                           ~a->never[j * chunks + c];
+            } else {
+                const float *xs = (const float *)a->x + r * F + f0;
+                const float *thr = (const float *)a->thr + f0;
+                __m512 xq[4];
+                for (int q = 0; q < 4; q++) {
+                    xq[q] = _mm512_maskz_loadu_ps((__mmask16)(valid >> (16 * q)), xs + 16 * q);
+                    /* x - x is 0 for finite x and NaN for NaN or infinity */
+                    if (_mm512_cmp_ps_mask(_mm512_sub_ps(xq[q], xq[q]), _mm512_setzero_ps(), _CMP_NEQ_UQ))
+                        atomic_store(&a->bad, 1);
+                }
+                for (int64_t j = 0; j < E; j++) {
+                    t[j] = 0;
+                    for (int q = 0; q < 4; q++)
+                        t[j] |= (uint64_t)_mm512_cmp_ps_mask(xq[q], _mm512_loadu_ps(thr + j * FP + 16 * q),
+                                                             _CMP_GE_OQ)
+                                << (16 * q);
+                }
+            }
             for (int64_t b = 0; b < k; b++) {
                 uint64_t acc = ((a->c0 >> b) & 1) ? ~0ULL : 0;
                 for (uint64_t fl = a->flips[b]; fl; fl &= fl - 1) acc ^= t[__builtin_ctzll(fl)];
@@ -379,75 +390,6 @@ AVX512_TARGET static void bin_avx512_u8(bin_args *a, int64_t r0, int64_t r1) {
                 if (word >= a->out_words) break;
                 uint64_t acc = 0;
                 for (int64_t b = 0; b < k; b++) acc |= _pdep_u64((v[b] >> (wi * fpw)) & low, spread[b]);
-                out[word] = acc;
-            }
-        }
-    }
-    free(thr8);
-    free(never);
-}
-
-/* 32 features at a time: edge masks by vector compares, code bits by XOR of masks, then pdep
- * spreads each code bit to every k-th position. For k in {1, 2, 4, 8}. */
-AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
-    if (a->is_u8 && a->F_pad % 64 == 0) {
-        bin_avx512_u8(a, r0, r1);
-        return;
-    }
-    const int64_t k = a->k, fpw = 64 / k, F = a->F;
-    uint64_t spread[8];
-    for (int64_t b = 0; b < k; b++) {
-        spread[b] = 0;
-        for (int64_t i = 0; i < fpw; i++) spread[b] |= 1ULL << (i * k + b);
-    }
-    for (int64_t r = r0; r < r1; r++) {
-        uint64_t *out = a->out + r * a->out_words;
-        for (int64_t f0 = 0; f0 < F; f0 += 32) {
-            int64_t n = F - f0 < 32 ? F - f0 : 32;
-            uint32_t valid = n == 32 ? 0xffffffffu : ((1u << n) - 1);
-            uint32_t t[64];
-            if (a->is_u8) {
-                __m256i xb = _mm256_maskz_loadu_epi8(valid, (const uint8_t *)a->x + r * F + f0);
-                __m512i xw = _mm512_cvtepu8_epi16(xb);
-                const uint16_t *thr = (const uint16_t *)a->thr + f0;
-                for (int64_t j = 0; j < a->E; j++)
-                    t[j] = _mm512_cmpge_epu16_mask(xw, _mm512_loadu_si512(thr + j * a->F_pad));
-            } else {
-                const float *xs = (const float *)a->x + r * F + f0;
-                __m512 lo = _mm512_maskz_loadu_ps((__mmask16)(valid & 0xffff), xs);
-                __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(valid >> 16), xs + 16);
-                /* x - x is 0 for finite x and NaN for NaN or infinity */
-                __mmask16 bad = _mm512_cmp_ps_mask(_mm512_sub_ps(lo, lo), _mm512_setzero_ps(), _CMP_NEQ_UQ) |
-                                _mm512_cmp_ps_mask(_mm512_sub_ps(hi, hi), _mm512_setzero_ps(), _CMP_NEQ_UQ);
-                if (bad) atomic_store(&a->bad, 1);
-                const float *thr = (const float *)a->thr + f0;
-                for (int64_t j = 0; j < a->E; j++) {
-                    const float *tj = thr + j * a->F_pad;
-                    t[j] = (uint32_t)_mm512_cmp_ps_mask(lo, _mm512_loadu_ps(tj), _CMP_GE_OQ) |
-                           (uint32_t)_mm512_cmp_ps_mask(hi, _mm512_loadu_ps(tj + 16), _CMP_GE_OQ) << 16;
-                }
-            }
-            uint32_t v[8];
-            for (int64_t b = 0; b < k; b++) {
-                uint32_t acc = ((a->c0 >> b) & 1) ? 0xffffffffu : 0;
-                uint64_t fl = a->flips[b];
-                while (fl) {
-                    acc ^= t[__builtin_ctzll(fl)];
-                    fl &= fl - 1;
-                }
-                v[b] = acc & valid;
-            }
-            if (k == 1) {
-                memcpy((char *)out + 4 * (f0 / 32), &v[0], 4);
-                continue;
-            }
-            /* 32 features -> 32*k bits = k/2 words */
-            for (int64_t wi = 0; wi < k / 2; wi++) {
-                int64_t word = f0 * k / 64 + wi;
-                if (word >= a->out_words) break;
-                uint64_t acc = 0;
-                for (int64_t b = 0; b < k; b++)
-                    acc |= _pdep_u64((v[b] >> (wi * fpw)) & ((fpw == 64) ? ~0ULL : ((1ULL << fpw) - 1)), spread[b]);
                 out[word] = acc;
             }
         }
@@ -759,27 +701,31 @@ fail_x:
     return NULL;
 }
 
-/* binarize(variant, x, is_u8, thr, B, F, F_pad, E, k, flips, c0, out, threads) -> bad (bool) */
+/* binarize(variant, x, is_u8, thr, never_or_None, B, F, F_pad, E, k, flips, c0, out, threads)
+ * -> bad (bool) */
 static PyObject *py_binarize(PyObject *self, PyObject *args) {
     int variant, is_u8, threads;
-    PyObject *xo, *to, *fo, *oo;
+    PyObject *xo, *to, *no, *fo, *oo;
     long long B, F, F_pad, E, k;
     unsigned long long c0;
-    if (!PyArg_ParseTuple(args, "iOiOLLLLLOKOi", &variant, &xo, &is_u8, &to, &B, &F, &F_pad, &E, &k, &fo, &c0,
-                          &oo, &threads))
+    if (!PyArg_ParseTuple(args, "iOiOOLLLLLOKOi", &variant, &xo, &is_u8, &to, &no, &B, &F, &F_pad, &E, &k,
+                          &fo, &c0, &oo, &threads))
         return NULL;
     if (check_variant(variant)) return NULL;
-    if (B < 0 || F < 1 || F_pad < F || F_pad % 32 || E < 1 || E > 64 || k < 1 || k > 64) {
+    if (B < 0 || F < 1 || F_pad < F || F_pad % 64 || E < 1 || E > 64 || k < 1 || k > 64 ||
+        (is_u8 && no == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "invalid binarizer dimensions");
         return NULL;
     }
     int64_t out_words = (F * k + 63) / 64;
-    Py_buffer xb, tb, fb, ob;
+    Py_buffer xb, tb, nb, fb, ob;
     if (get_buffer(xo, &xb, 0, B * F * (is_u8 ? 1 : 4), "input")) return NULL;
-    if (get_buffer(to, &tb, 0, E * F_pad * (is_u8 ? 2 : 4), "thresholds")) goto fail_x;
-    if (get_buffer(fo, &fb, 0, k * 8, "flips")) goto fail_t;
+    if (get_buffer(to, &tb, 0, E * F_pad * (is_u8 ? 1 : 4), "thresholds")) goto fail_x;
+    if (is_u8 && get_buffer(no, &nb, 0, E * (F_pad / 64) * 8, "never")) goto fail_t;
+    if (get_buffer(fo, &fb, 0, k * 8, "flips")) goto fail_n;
     if (get_buffer(oo, &ob, 1, B * out_words * 8, "output")) goto fail_f;
-    bin_args a = {xb.buf, is_u8, tb.buf, B, F, F_pad, E, k, out_words, fb.buf, c0, ob.buf, 0};
+    bin_args a = {xb.buf, is_u8, tb.buf, is_u8 ? nb.buf : NULL, B, F, F_pad, E, k, out_words, fb.buf, c0,
+                  ob.buf, 0};
     bin_job job = {bin_kernel(variant, k), &a};
     int nthreads = choose_threads(B * F * E * 64, threads);
     if (B > 0) {
@@ -788,11 +734,14 @@ static PyObject *py_binarize(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&ob);
     PyBuffer_Release(&fb);
+    if (is_u8) PyBuffer_Release(&nb);
     PyBuffer_Release(&tb);
     PyBuffer_Release(&xb);
     return PyBool_FromLong(atomic_load(&a.bad));
 fail_f:
     PyBuffer_Release(&fb);
+fail_n:
+    if (is_u8) PyBuffer_Release(&nb);
 fail_t:
     PyBuffer_Release(&tb);
 fail_x:

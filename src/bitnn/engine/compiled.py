@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bitnn.binarize import Binarizer, ThresholdBinarizer, _EdgeBinarizer, check_features
-from bitnn.bits import WORD_DTYPE, n_words
+from bitnn.binarize import Binarizer, check_features, edge_code
+from bitnn.bits import WORD_DTYPE, n_words, pack_bits
 from bitnn.errors import InputError
 from bitnn.network import BitLayer
 
@@ -171,56 +171,39 @@ class CompiledEngine:
         if a.shape[0] == 0 or a.shape[1] != binarizer.n_features_in_:
             check_features(a, binarizer.n_features_in_)  # raises the specific error
         a = np.ascontiguousarray(a)
-        thr = plan.thr_u8 if is_u8 else plan.thr_f32
+        thr, never = (plan.thr_u8, plan.never) if is_u8 else (plan.thr_f32, None)
         out = np.zeros((a.shape[0], n_words(binarizer.n_bits_out_)), dtype=WORD_DTYPE)
         bad = _kernels.binarize(
-            self._code, a, int(is_u8), thr, a.shape[0], a.shape[1], plan.f_pad, plan.n_edges,
-            plan.k, plan.flips, plan.c0, out, self.threads,
+            self._code, a, int(is_u8), thr, never, a.shape[0], a.shape[1], plan.f_pad,
+            plan.n_edges, plan.k, plan.flips, plan.c0, out, self.threads,
         )  # fmt: skip
         if bad:
             check_features(a, binarizer.n_features_in_)  # raises with the row and column
         return out
 
 
-def _level_codes(b: _EdgeBinarizer) -> np.ndarray:
-    """Code bits (n_levels, k) of every level, as the binarizer encodes them."""
-    from bitnn.binarize import _encode_levels
-
-    levels = np.arange(b.n_levels, dtype=np.uint8)[:, None]
-    return _encode_levels(levels, b.n_bits, b.code)
-
-
 def _binarize_plan(b: Binarizer) -> SimpleNamespace | None:
-    """Edges and code transitions for the C binarizer (cached), or None if not supported."""
+    """The binarizer's :class:`EdgeCode` laid out for the C binarizer (cached on it while its
+    fitted edges stay the same object), or None if the C binarizer cannot run it."""
     cached = getattr(b, "_kernel_plan", None)
     if cached is not None and cached.edges_id is _edges_of(b):
         return cached
-    if isinstance(b, ThresholdBinarizer):
-        edges = b.thresholds_[:, None]
-        codes = np.array([[0], [1]], dtype=np.uint8)
-    elif isinstance(b, _EdgeBinarizer):
-        edges = b.edges_
-        codes = _level_codes(b)
-    else:
+    code = edge_code(b)
+    if code is None or code.edges.shape[1] > 64:
         return None
-    f, e = edges.shape
-    k = codes.shape[1]
-    if e > 64:
-        return None
-    f_pad = -(-f // 64) * 64  # whole 64-feature chunks for the byte-compare path
+    f, e = code.edges.shape
+    f_pad = -(-f // 64) * 64  # whole 64-feature chunks
     thr_f32 = np.zeros((e, f_pad), dtype=np.float32)
-    thr_f32[:, :f] = edges.T
-    # For integer inputs, x >= e  <=>  x >= ceil(e); clipped to [0, 256] (256: never).
-    thr_u8 = np.zeros((e, f_pad), dtype=np.uint16)
-    thr_u8[:, :f] = np.clip(np.ceil(edges.T.astype(np.float64)), 0, 256).astype(np.uint16)
-    flips = np.zeros(k, dtype=np.uint64)
-    for bit in range(k):
-        changes = np.nonzero(codes[1:, bit] != codes[:-1, bit])[0]
-        flips[bit] = sum(1 << int(j) for j in changes)
-    c0 = sum(int(codes[0, bit]) << bit for bit in range(k))
+    thr_f32[:, :f] = code.edges.T
+    # uint8 inputs: integer edges as bytes; an edge of 256 can never be reached.
+    thr_u8 = np.zeros((e, f_pad), dtype=np.uint8)
+    thr_u8[:, :f] = np.minimum(code.int_edges.T, 255)
+    never = np.zeros((e, f_pad), dtype=np.uint8)
+    never[:, :f] = code.int_edges.T > 255
     plan = SimpleNamespace(
-        thr_f32=thr_f32, thr_u8=thr_u8, flips=flips, c0=c0, k=k, n_edges=e, f_pad=f_pad,
-        edges_id=_edges_of(b),
+        thr_f32=thr_f32, thr_u8=thr_u8, never=pack_bits(never),
+        flips=np.array(code.flips, dtype=np.uint64), c0=code.c0, k=code.k, n_edges=e,
+        f_pad=f_pad, edges_id=_edges_of(b),
     )  # fmt: skip
     b._kernel_plan = plan  # type: ignore[attr-defined]
     return plan

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnn.binarize import ThresholdBinarizer, _EdgeBinarizer
+from bitnn.binarize import edge_code
 from bitnn.bits import unpack_bits
 from bitnn.errors import InputError
 from bitnn.io import atomic_write_bytes
@@ -70,32 +70,20 @@ def _layer_data(i: int, layer: BitLayer, scores: bool) -> str:
 
 def _binarizer_data(net: BitNetwork) -> tuple[str, int, int]:
     """Edges (float and integer), code transitions; returns (C code, n_edges, bits/feature)."""
-    b = net.binarizer
-    if isinstance(b, ThresholdBinarizer):
-        edges = b.thresholds_[:, None]
-        codes = np.array([[0], [1]], dtype=np.uint8)
-    elif isinstance(b, _EdgeBinarizer):
-        from bitnn.binarize import _encode_levels
-
-        edges = b.edges_
-        codes = _encode_levels(np.arange(b.n_levels, dtype=np.uint8)[:, None], b.n_bits, b.code)
-    else:
+    code = edge_code(net.binarizer)
+    if code is None:
         raise InputError(
-            f"the C export supports threshold, quantile and Lloyd-Max binarizers, not {b!r}"
+            f"the C export supports threshold, quantile and Lloyd-Max binarizers, "
+            f"not {net.binarizer!r}"
         )
-    n_edges, k = edges.shape[1], codes.shape[1]
+    n_edges = code.edges.shape[1]
     if n_edges > 32:
         raise InputError("the C export supports at most 32 edges per feature")
-    flips = [
-        sum(1 << j for j in np.nonzero(codes[1:, bit] != codes[:-1, bit])[0]) for bit in range(k)
-    ]
-    c0 = sum(int(codes[0, bit]) << bit for bit in range(k))
-    e_int = np.clip(np.ceil(edges.astype(np.float64)), 0, 256).astype(np.int64)
-    code = _float_array("EDGES_F32", edges)
-    code += _array("uint16_t", "EDGES_U8", e_int)
-    code += _array("uint32_t", "FLIPS", np.array(flips), "0x{:08x}u")
-    code += f"#define CODE_C0 0x{c0:08x}u\n"
-    return code, n_edges, k
+    text = _float_array("EDGES_F32", code.edges)
+    text += _array("uint16_t", "EDGES_U8", code.int_edges)
+    text += _array("uint32_t", "FLIPS", np.array(code.flips), "0x{:08x}u")
+    text += f"#define CODE_C0 0x{code.c0:08x}u\n"
+    return text, n_edges, code.k
 
 
 def _valid_identifier(name: str) -> str:
