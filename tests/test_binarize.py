@@ -33,6 +33,37 @@ def test_quantile_bins_have_equal_population_on_fitting_data(n, n_bits, code, se
         assert counts.sum() == n
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 200),
+    n_bits=st.integers(1, 3),
+    code=st.sampled_from(["binary", "thermometer"]),
+    n_values=st.integers(1, 12),
+    zero_share=st.floats(0.0, 0.95),
+    seed=st.integers(0, 1000),
+)
+def test_quantile_ties_never_waste_a_level(n, n_bits, code, n_values, zero_share, seed):
+    # Heavy ties, like the zero of a mostly blank pixel: a tie is never split, and every level
+    # is used when there are at least as many distinct values as levels.
+    rng = np.random.default_rng(seed)
+    x = np.where(rng.random(n) < zero_share, 0, rng.integers(1, n_values + 1, n))
+    X = x[:, None].astype(np.float32)
+    b = QuantileBinarizer(n_bits, code).fit(X)
+    levels = b.levels(X)[:, 0]
+    distinct = np.unique(x)
+    assert len(np.unique(levels)) == min(len(distinct), b.n_levels)
+    for v in distinct:
+        assert len(np.unique(levels[x == v])) == 1
+    assert np.all(np.diff(b.edges_[0]) >= 0)
+
+
+def test_quantile_mostly_zero_feature_keeps_its_information():
+    # 80% zeros: the zeros make level 0, the nonzero values share the other levels equally.
+    x = np.concatenate([np.zeros(800), np.arange(1, 201)])[:, None]
+    levels = QuantileBinarizer(2, "binary").fit(x).levels(x)[:, 0]
+    assert np.bincount(levels).tolist() == [800, 66, 67, 67]
+
+
 def test_codes_and_scatter_layout():
     X = np.array([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [3.0, 13.0]])
     therm = QuantileBinarizer(3, "thermometer").fit(X)  # 4 levels

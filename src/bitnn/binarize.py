@@ -223,8 +223,13 @@ class _EdgeBinarizer(Binarizer):
 class QuantileBinarizer(_EdgeBinarizer):
     """Population-based quantization (the paper's): equal-population bins per feature.
 
-    With ``n`` distinct fitting values and ``L`` levels, bin ``i`` holds ``floor((i+1)n/L) -
-    floor(i n/L)`` of them; tied values cannot be split, so ties make bins unequal.
+    Tied values are never split, so a value shared by many samples (the zero of a mostly
+    blank MNIST pixel) forms a bin of its own and the remaining values are shared equally among
+    the remaining bins: no bin boundary falls inside a run of ties, and an edge lies midway
+    between the largest value below it and the smallest above. With ``n`` distinct values the
+    bins hold ``n // L`` or ``n // L + 1`` of them; every level is used when there are at least
+    ``L`` distinct values. Edges that no fitting value can separate (fewer distinct values than
+    levels) sit just above the largest value.
     """
 
     kind = "quantile"
@@ -234,17 +239,42 @@ class QuantileBinarizer(_EdgeBinarizer):
     def fit(self, X: Any, y: Any = None) -> QuantileBinarizer:
         self._check_params()
         x = np.sort(check_features(X), axis=0)
-        n = x.shape[0]
-        ranks = [(i * n) // self.n_levels for i in range(1, self.n_levels)]
-        self.edges_ = np.ascontiguousarray(x[ranks].T, dtype=np.float32)
+        self.edges_ = np.ascontiguousarray(
+            np.stack([_population_edges(x[:, f], self.n_levels) for f in range(x.shape[1])]),
+            dtype=np.float32,
+        )
         self.n_features_in_ = x.shape[1]
         self._set_output_size()
         return self
 
 
+def _population_edges(col: np.ndarray, n_levels: int) -> np.ndarray:
+    """Edges cutting one sorted float32 feature into bins as equally populated as ties allow."""
+    n = col.size
+    starts = np.flatnonzero(col[1:] != col[:-1]) + 1  # where a run of equal values begins
+    edges = np.full(n_levels - 1, np.nextafter(col[-1], np.float32(np.inf)), dtype=np.float32)
+    lo = 0  # first sample of the bin being cut
+    for j in range(n_levels - 1):
+        # Leave one run start for each bin still to come, so that every level is used when
+        # there are at least as many distinct values as levels.
+        candidates = starts[starts > lo]
+        candidates = candidates[: max(candidates.size - (n_levels - 2 - j), 1)]
+        if candidates.size == 0:
+            break
+        target = lo + (n - lo) // (n_levels - j)  # equal shares of what is left
+        i = np.searchsorted(candidates, target)
+        near = candidates[max(i - 1, 0) : i + 1]  # the run starts on either side of target
+        p = int(near[np.argmin(np.abs(near - target))])
+        mid = np.float32((np.float64(col[p - 1]) + np.float64(col[p])) / 2)
+        edges[j] = mid if col[p - 1] < mid <= col[p] else col[p]
+        lo = p
+    return edges
+
+
 class LloydMaxBinarizer(_EdgeBinarizer):
     """Lloyd-Max quantization: per feature, levels that minimise the squared error (1-D
-    k-means, started from equal-population bins); edges are midpoints between levels."""
+    k-means, started from the :class:`QuantileBinarizer`'s bins); edges are midpoints between
+    levels."""
 
     kind = "lloyd-max"
     _param_names = ("n_bits", "code", "max_iter")
@@ -258,25 +288,27 @@ class LloydMaxBinarizer(_EdgeBinarizer):
         self._check_params()
         x = check_features(X)
         self.n_features_in_ = x.shape[1]
-        xs = np.sort(x, axis=0).astype(np.float64)
+        x = np.sort(x, axis=0)
+        xs = x.astype(np.float64)
         n, L = xs.shape[0], self.n_levels
-        # Start from equal-population bins: centres are the bin means.
-        bounds = [(i * n) // L for i in range(L + 1)]
-        centers = np.stack(
-            [xs[bounds[i] : max(bounds[i + 1], bounds[i] + 1)].mean(axis=0) for i in range(L)],
-            axis=1,
-        )
         cums = np.vstack([np.zeros((1, xs.shape[1])), np.cumsum(xs, axis=0)])
         cols = np.arange(xs.shape[1])
-        for _ in range(self.max_iter):
-            centers = np.sort(centers, axis=1)
-            edges = (centers[:, 1:] + centers[:, :-1]) / 2
+
+        def bin_means(edges: np.ndarray, fallback: np.ndarray) -> np.ndarray:
             # Sorted data: each bin is a contiguous run, so its mean comes from cumulative sums.
             cut = np.stack([np.searchsorted(xs[:, f], edges[f], side="left") for f in cols], axis=0)
             cut = np.hstack([np.zeros((xs.shape[1], 1), int), cut, np.full((xs.shape[1], 1), n)])
             counts = np.diff(cut, axis=1)
             sums = cums[cut[:, 1:], cols[:, None]] - cums[cut[:, :-1], cols[:, None]]
-            new = np.where(counts > 0, sums / np.maximum(counts, 1), centers)
+            return np.where(counts > 0, sums / np.maximum(counts, 1), fallback)
+
+        # Start from the (tie-aware) equal-population bins: centres are the bin means.
+        start = np.stack([_population_edges(x[:, f], L) for f in cols]).astype(np.float64)
+        top = np.repeat(start[:, -1:], L, axis=1)  # empty bins sit at their upper edge
+        centers = bin_means(start, top)
+        for _ in range(self.max_iter):
+            centers = np.sort(centers, axis=1)
+            new = bin_means((centers[:, 1:] + centers[:, :-1]) / 2, centers)
             if np.allclose(new, centers, rtol=0, atol=1e-7):
                 centers = new
                 break
