@@ -48,8 +48,16 @@ def preset_config(name: str, args: argparse.Namespace) -> tuple[TrainConfig, str
     return TrainConfig(**values), spec
 
 
+def overrides(args: argparse.Namespace) -> str:
+    """The options that change a preset, as a row label suffix."""
+    given = [f"hidden={args.hidden}"] * bool(args.hidden) + list(args.set or [])
+    given += [f"binarizer={args.binarizer}"] * bool(args.binarizer)
+    return f" ({', '.join(given)})" if given else ""
+
+
 def run_preset(name: str, args: argparse.Namespace, mnist) -> list[dict]:
     config, spec = preset_config(name, args)
+    label = f"{name} preset{overrides(args)}"
     start = time.perf_counter()
     net = train_network(
         mnist.X_train[:50000],
@@ -59,7 +67,10 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> list[dict]:
         X_val=mnist.X_train[50000:],
         y_val=mnist.y_train[50000:],
         report={"test": (mnist.X_test, mnist.y_test)},
-        metadata={"command": f"benchmarks/mnist.py --presets {name}", "preset": name},
+        metadata={
+            "command": "python benchmarks/mnist.py " + shlex.join(sys.argv[1:]),
+            "preset": name,
+        },
     )
     seconds = time.perf_counter() - start
     path = Path(args.out) / f"mnist-{name}.bnn"
@@ -72,14 +83,15 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> list[dict]:
     round1 = training["round_accuracy"]["test"].get("1")
     rows = [
         {
-            "row": f"round-1 network ({name} preset: tanh weights and activations)",
+            "row": f"round-1 network, {label}: tanh weights and activations",
             "test_error": None if round1 is None else 1 - round1,
             "bits": None,
             "bytes": net.float32_bytes(),
             "seconds": None,
         },
         {
-            "row": f"BNN, {name} preset",
+            "row": f"BNN, {label}",
+            "model": path.name,
             "test_error": test_error,
             "bits": net.parameter_bits(),
             "bytes": size,
@@ -184,30 +196,35 @@ def plot_curves(history: list[dict], path: Path, name: str) -> None:
     plt.close(fig)
 
 
-def markdown(summary: dict) -> str:
-    lines = [
-        "# MNIST: bitwise networks against float32 baselines",
+def markdown(summaries: list[dict]) -> str:
+    """One table over the rows of one or more runs (run i's rows are marked [i])."""
+    lines = ["# MNIST: bitwise networks against float32 baselines", ""]
+    for i, summary in enumerate(summaries, 1):
+        lines += [
+            f"[{i}] `{summary['command']}`; machine: {summary['machine']}; device: "
+            f"{summary['device']}; wall time {summary['seconds']:.0f} s",
+            "",
+        ]
+    lines += [
+        "Test error on the 10,000 standard test images. BNN rows are measured with bit logic "
+        "only, from the saved model file; models are selected on the validation set (the last "
+        "10,000 training images), never on the test set.",
         "",
-        f"- command: `{summary['command']}`",
-        f"- machine: {summary['machine']}; device: {summary['device']}; "
-        f"total wall time {summary['seconds']:.0f} s",
-        "- test error on the 10,000 standard test images; BNN rows are measured with bit logic "
-        "only, from the saved model file",
-        "",
-        "| network | test error | model bits | bytes | training time |",
-        "|---|---:|---:|---:|---:|",
+        "| network | test error | model bits | bytes | training time | run |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for r in summary["rows"]:
-        err = "" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
-        bits = "" if r["bits"] is None else f"{r['bits']:,}"
-        secs = "" if r["seconds"] is None else f"{r['seconds']:.0f} s"
-        lines.append(f"| {r['row']} | {err} | {bits} | {r['bytes']:,} | {secs} |")
+    for i, summary in enumerate(summaries, 1):
+        for r in summary["rows"]:
+            err = "" if r["test_error"] is None else f"{100 * r['test_error']:.2f}%"
+            bits = "" if r["bits"] is None else f"{r['bits']:,}"
+            secs = "" if r["seconds"] is None else f"{r['seconds']:.0f} s"
+            lines.append(f"| {r['row']} | {err} | {bits} | {r['bytes']:,} | {secs} | [{i}] |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", default="paper,best")
+    p.add_argument("--presets", default="paper,best", help="comma-separated; empty: none")
     p.add_argument("--hidden", help="override the preset's widths, e.g. 1024,1024,1024")
     p.add_argument("--epochs1", type=int, help="override the preset's round-1 epochs")
     p.add_argument("--epochs2", type=int, help="override the preset's round-2 epochs")
@@ -219,7 +236,16 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="out/mnist")
     p.add_argument("--write", help="write the markdown table here")
+    p.add_argument(
+        "--merge", nargs="+", metavar="RESULTS_JSON", help="only tabulate earlier runs' results"
+    )
     args = p.parse_args()
+    if args.merge:
+        summaries = [json.loads(Path(f).read_text()) for f in args.merge]
+        if args.write:
+            Path(args.write).write_text(markdown(summaries))
+        print(markdown(summaries))
+        return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     mnist = load_mnist()
     start = time.perf_counter()
@@ -232,7 +258,7 @@ def main() -> None:
     rows: list[dict] = []
     if args.baselines:
         rows += run_baselines(args, mnist)
-    for name in args.presets.split(","):
+    for name in filter(None, args.presets.split(",")):
         rows += run_preset(name, args, mnist)
     summary = {
         "command": "python benchmarks/mnist.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -244,8 +270,8 @@ def main() -> None:
     (Path(args.out) / "results.json").write_text(json.dumps(summary, indent=1))
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(markdown(summary))
-    print(markdown(summary))
+        Path(args.write).write_text(markdown([summary]))
+    print(markdown([summary]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import io as stdio
 import itertools
 
@@ -7,13 +8,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bitnn.binarize import QuantileBinarizer, ThresholdBinarizer  # noqa: E402
+from bitnn.binarize import (  # noqa: E402
+    LloydMaxBinarizer,
+    QuantileBinarizer,
+    ThresholdBinarizer,
+    WTAHashBinarizer,
+)
 from bitnn.bits import pack_signs, unpack_bits  # noqa: E402
 from bitnn.errors import InputError, TrainingInterrupted  # noqa: E402
 from bitnn.io import model_to_bytes  # noqa: E402
 from bitnn.train.convert import to_bit_network  # noqa: E402
 from bitnn.train.layers import BitMLP  # noqa: E402
-from bitnn.train.trainer import TrainConfig, train_network  # noqa: E402
+from bitnn.train.trainer import ShiftAugmenter, TrainConfig, to_bipolar, train_network  # noqa: E402
 
 
 def quiet():
@@ -134,12 +140,15 @@ def _layers_equal(a, b):
 
 
 @pytest.mark.parametrize(
-    "stop_at,round2_weights", [(3, "tanh"), (17, "tanh"), (24, "clip"), (40, "clip")]
+    "stop_at,round2_weights,shift",
+    [(3, "tanh", 0), (17, "tanh", 0), (24, "clip", 0), (40, "clip", 0), (30, "tanh", 1)],
 )
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2_weights):
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2_weights, shift):
     X, y = _blobs()
     cfg = TrainConfig(
         round2_weights=round2_weights,
+        augment_shift=shift,
+        image_shape=(2, 4),
         hidden=(32,),
         epochs_round1=2,
         epochs_round2=2,
@@ -163,6 +172,45 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2
     assert _layers_equal(full, resumed)
     losses = [h["loss"] for h in full.metadata["training"]["history"]]
     assert losses == [h["loss"] for h in resumed.metadata["training"]["history"]]
+
+
+@pytest.mark.parametrize(
+    "binarizer",
+    [
+        ThresholdBinarizer(128.0),
+        QuantileBinarizer(2, "thermometer"),
+        QuantileBinarizer(3, "gray"),
+        LloydMaxBinarizer(2, "binary"),
+    ],
+)
+def test_shift_augmenter_equals_binarizing_moved_images(binarizer):
+    rng = np.random.default_rng(0)
+    images = np.where(rng.random((40, 5, 7)) < 0.6, 0, rng.integers(1, 256, (40, 5, 7)))
+    X = images.reshape(40, -1).astype(np.float32)
+    binarizer.fit(X)
+    augment = ShiftAugmenter(binarizer, (5, 7), 2, torch.device("cpu"))
+    shifts = rng.integers(-2, 3, (40, 2))
+    got = augment(torch.from_numpy(X), torch.from_numpy(shifts)).numpy()
+    moved = np.zeros_like(images)
+    for i, (dy, dx) in enumerate(shifts):  # moved[r, c] = image[r - dy, c - dx], 0 outside
+        for r, c in itertools.product(range(5), range(7)):
+            if 0 <= r - dy < 5 and 0 <= c - dx < 7:
+                moved[i, r, c] = images[i, r - dy, c - dx]
+    want = to_bipolar(binarizer.transform(moved.reshape(40, -1).astype(np.float32)))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_shift_augmentation_needs_images_and_edges():
+    X, y = _blobs()
+    with pytest.raises(InputError, match="image_shape"):
+        TrainConfig(augment_shift=1)
+    cfg = TrainConfig(
+        hidden=(8,), epochs_round1=1, epochs_round2=0, augment_shift=1, image_shape=(3, 3)
+    )
+    with pytest.raises(InputError, match="does not match the 8 input features"):
+        train_network(X, y, cfg, QuantileBinarizer(2))
+    with pytest.raises(InputError, match="binarizer with edges"):
+        train_network(X, y, dataclasses.replace(cfg, image_shape=(2, 4)), WTAHashBinarizer(4, 2))
 
 
 def test_same_seed_same_model_and_resume_checks_data(tmp_path):

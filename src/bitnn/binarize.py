@@ -401,6 +401,7 @@ class EdgeCode:
     flips: tuple[int, ...]  # per code bit: the edges where that bit changes
     c0: int  # code bits of level 0
     k: int  # bits per feature
+    codes: np.ndarray  # (n_edges + 1, k) uint8: the code bits of each level
 
 
 def edge_code(b: Binarizer) -> EdgeCode | None:
@@ -421,7 +422,7 @@ def edge_code(b: Binarizer) -> EdgeCode | None:
     # For integer inputs (uint8), x >= e  <=>  x >= ceil(e).
     int_edges = np.clip(np.ceil(edges.astype(np.float64)), 0, 256).astype(np.int64)
     c0 = sum(int(codes[0, bit]) << bit for bit in range(k))
-    return EdgeCode(np.asarray(edges, dtype=np.float32), int_edges, flips, c0, k)
+    return EdgeCode(np.asarray(edges, dtype=np.float32), int_edges, flips, c0, k, codes)
 
 
 BINARIZERS: dict[str, type[Binarizer]] = {

@@ -34,6 +34,8 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--dropout-hidden", "dropout_hidden", float, "dropout rate on hidden bits"),
     ("--sparsity", "sparsity", float, "target fraction of absent (zero) weights"),
     ("--round2-weights", "round2_weights", str, "tanh (the paper) or clip (update tanh(W))"),
+    ("--augment-shift", "augment_shift", int, "random image shifts of up to N pixels"),
+    ("--image-shape", "image_shape", str, "raw inputs are HxW images (mnist: 28x28)"),
     ("--val-fraction", "val_fraction", float, "fraction of the data held out for validation"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu or cuda"),
@@ -218,6 +220,13 @@ def _config_from_args(args: argparse.Namespace, dataset: str | None) -> tuple[An
             explicit["hidden"] = tuple(int(h) for h in explicit["hidden"].split(",") if h)
         except ValueError:
             raise InputError(f"--hidden takes widths like 256,256, got {args.hidden!r}") from None
+    if "image_shape" in explicit:
+        try:
+            explicit["image_shape"] = tuple(int(d) for d in explicit["image_shape"].split("x"))
+        except ValueError:
+            raise InputError(
+                f"--image-shape takes HEIGHTxWIDTH like 28x28, got {args.image_shape!r}"
+            ) from None
     values, binarizer = resolve(args.preset, explicit, args.binarizer, dataset)
     return TrainConfig(**values), binarizer
 

@@ -29,6 +29,9 @@ class Preset:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-dataset defaults
 
 
+# What every run on a named dataset knows about its inputs, with or without a preset.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {"mnist": {"image_shape": (28, 28)}}
+
 _MNIST = {"hidden": (1024, 1024, 1024), "epochs_round1": 100, "epochs_round2": 100}
 
 PRESETS: dict[str, Preset] = {
@@ -82,10 +85,11 @@ def resolve(
     Explicit options override the preset's defaults, except its ``fixed`` settings and
     binarizer kind, where a different value raises :class:`InputError`.
     """
+    known = DATASET_DEFAULTS.get(dataset or "", {})
     if preset_name is None:
-        return dict(explicit), binarizer or "quantile:2:thermometer"
+        return {**known, **explicit}, binarizer or "quantile:2:thermometer"
     preset = get_preset(preset_name)
-    values = {**preset.config, **preset.datasets.get(dataset or "", {})}
+    values = {**known, **preset.config, **preset.datasets.get(dataset or "", {})}
     for key, value in explicit.items():
         if key in preset.fixed and value != preset.config[key]:
             raise InputError(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitnn.binarize import Binarizer, ThresholdBinarizer, check_features
+from bitnn.binarize import Binarizer, ThresholdBinarizer, check_features, edge_code
 from bitnn.errors import InputError, ModelFormatError, TrainingInterrupted
 from bitnn.io import atomic_write_bytes, decode_container, encode_container
 from bitnn.network import BitNetwork
@@ -61,12 +61,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     dropout_input: float = 0.0
     dropout_hidden: float = 0.0
+    # Data augmentation for images: every training sample is moved by a random whole number of
+    # pixels in [-augment_shift, augment_shift] along each axis (pixels moved in are 0), then
+    # binarized. Needs image_shape = (height, width) of the row-major raw input.
+    augment_shift: int = 0
+    image_shape: tuple[int, ...] = ()
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.image_shape = tuple(int(d) for d in self.image_shape)
         problems = []
         if any(h < 1 for h in self.hidden):
             problems.append("hidden sizes must be positive")
@@ -82,6 +88,10 @@ class TrainConfig:
             problems.append("epoch counts cannot be negative")
         if self.epochs_round1 + self.epochs_round2 == 0:
             problems.append("train for at least one epoch")
+        if self.augment_shift < 0:
+            problems.append("augment_shift cannot be negative")
+        if self.augment_shift and (len(self.image_shape) != 2 or min(self.image_shape) < 1):
+            problems.append("augment_shift needs image_shape = (height, width)")
         if self.batch_size < 1:
             problems.append("batch_size must be positive")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -97,6 +107,7 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["image_shape"] = list(self.image_shape)
         return d
 
     @classmethod
@@ -118,6 +129,43 @@ class TrainData:
     y_val: np.ndarray | None
     n_outputs: int
     output: str  # "scores" (y: class ids) or "bits" (y: 0/1 matrix)
+    x_train_raw: np.ndarray | None = None  # float32 raw inputs, for augmentation
+
+
+class ShiftAugmenter:
+    """Moves raw images by whole pixels and binarizes them on the training device.
+
+    Exactly the binarizer's bits (float32 comparisons against its float32 edges, same codes):
+    a zero shift gives ``to_bipolar(binarizer.transform(x))``.
+    """
+
+    def __init__(
+        self, binarizer: Binarizer, shape: tuple[int, ...], max_shift: int, device: torch.device
+    ) -> None:
+        code = edge_code(binarizer)
+        if code is None:
+            raise InputError(f"augment_shift needs a binarizer with edges, not {binarizer!r}")
+        n_features = binarizer.n_features_in_
+        if len(shape) != 2 or shape[0] * shape[1] != n_features:
+            raise InputError(
+                f"image_shape {tuple(shape)} does not match the {n_features} input features"
+            )
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.max_shift = max_shift
+        self.edges = torch.tensor(code.edges, device=device)  # (features, levels - 1)
+        self.codes = torch.tensor(code.codes.astype(np.float32) * 2 - 1, device=device)
+
+    def __call__(self, x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        """Raw ``(b, features)`` float32 and ``(b, 2)`` (down, right) shifts, each at most
+        ``max_shift`` in size -> +1/-1 input bits ``(b, features * k)``."""
+        b, (h, w), s = x.shape[0], self.shape, self.max_shift
+        img = F.pad(x.view(b, h, w), (s, s, s, s))
+        rows = (s - shifts[:, :1]) + torch.arange(h, device=x.device)  # (b, h)
+        cols = (s - shifts[:, 1:]) + torch.arange(w, device=x.device)  # (b, w)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        moved = img[batch, rows[:, :, None], cols[:, None, :]].reshape(b, h * w)
+        level = (moved[:, :, None] >= self.edges).sum(-1)
+        return self.codes[level].reshape(b, -1)
 
 
 def validate_targets(
@@ -263,6 +311,14 @@ class Trainer:
         # The whole (int8) training set lives on the device: one copy, no per-batch transfers.
         self.x_train = torch.from_numpy(self.data.x_train).to(self.device)
         self.y_train = torch.from_numpy(self.data.y_train).to(self.device)
+        self.augment: ShiftAugmenter | None = None
+        if cfg.augment_shift:
+            if self.data.x_train_raw is None or self.binarizer is None:
+                raise InputError("augment_shift needs the raw training inputs and the binarizer")
+            self.augment = ShiftAugmenter(
+                self.binarizer, cfg.image_shape, cfg.augment_shift, self.device
+            )
+            self.x_train_raw = torch.from_numpy(self.data.x_train_raw).to(self.device)
 
     # ---- pieces ------------------------------------------------------------------------------
 
@@ -387,8 +443,14 @@ class Trainer:
                     self.save_checkpoint()
                     raise TrainingInterrupted(self.checkpoint_path or Path("(none)"))
                 idx = self.perm[pos.batch * cfg.batch_size : (pos.batch + 1) * cfg.batch_size]
+                if self.augment is not None:  # drawn for the global batch: same on every rank
+                    s = cfg.augment_shift
+                    shifts = torch.randint(-s, s + 1, (len(idx), 2), generator=self.shuffle)
                 idx = idx[rank::world].to(self.device)  # this process's share of the batch
-                xb = self.x_train[idx].float()
+                if self.augment is not None:
+                    xb = self.augment(self.x_train_raw[idx], shifts[rank::world].to(self.device))
+                else:
+                    xb = self.x_train[idx].float()
                 yb = self.y_train[idx]
                 lr = self._lr(pos.round, pos.epoch * n_batches + pos.batch, epochs * n_batches)
                 for group in self.optimizer.param_groups:
@@ -607,6 +669,7 @@ def train_network(
         y_va,
         n_outputs,
         output,
+        x_tr if config.augment_shift else None,
     )
     trainer = Trainer(
         config,
