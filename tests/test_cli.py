@@ -210,8 +210,13 @@ def test_presets_carry_the_paper_architecture_for_mnist():
     values, spec = resolve("paper", {}, None, "mnist")
     assert values["hidden"] == (1024, 1024, 1024) and values["bias_kind"] == "bias"
     assert spec.startswith("quantile:")
+    assert values["augment_shift"] == 2 and values["image_shape"] == (28, 28)
+    values, _ = resolve("best", {}, None, "mnist")
+    assert values["hidden"] == (2048, 2048, 2048) and values["bias_kind"] == "threshold"
     values, _ = resolve("best", {"hidden": (64,), "epochs_round1": 1}, None, "mnist")
     assert values["hidden"] == (64,) and values["epochs_round1"] == 1
+    values, _ = resolve(None, {"seed": 3}, None, "mnist")  # the images' shape, preset or not
+    assert values == {"image_shape": (28, 28), "seed": 3}
     values, spec = resolve(None, {"seed": 3})
     assert values == {"seed": 3} and spec == "quantile:2:thermometer"
 
