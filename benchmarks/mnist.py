@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import shlex
 import sys
@@ -196,13 +197,28 @@ def plot_curves(history: list[dict], path: Path, name: str) -> None:
     plt.close(fig)
 
 
-def markdown(summaries: list[dict]) -> str:
+def machine() -> str:
+    """CPU model and the number of CPUs this process may use."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} CPUs"
+
+
+def markdown(summaries: list[dict], note: str = "") -> str:
     """One table over the rows of one or more runs (run i's rows are marked [i])."""
     lines = ["# MNIST: bitwise networks against float32 baselines", ""]
+    lines += [note, ""] if note else []
     for i, summary in enumerate(summaries, 1):
         lines += [
-            f"[{i}] `{summary['command']}`; machine: {summary['machine']}; device: "
-            f"{summary['device']}; wall time {summary['seconds']:.0f} s",
+            f"[{i}] `{summary['command']}`; seed {summary.get('seed', 0)}; machine: "
+            f"{summary['machine']}; device: {summary['device']}; wall time "
+            f"{summary['seconds']:.0f} s",
             "",
         ]
     lines += [
@@ -239,12 +255,24 @@ def main() -> None:
     p.add_argument(
         "--merge", nargs="+", metavar="RESULTS_JSON", help="only tabulate earlier runs' results"
     )
+    p.add_argument("--note", help="with --merge: a paragraph to print under the title")
     args = p.parse_args()
     if args.merge:
         summaries = [json.loads(Path(f).read_text()) for f in args.merge]
         if args.write:
-            Path(args.write).write_text(markdown(summaries))
-        print(markdown(summaries))
+            text = markdown(summaries, args.note or "")
+            curves = []
+            for i, summary in enumerate(summaries, 1):  # curves beside the table
+                for r in summary["rows"]:
+                    if r.get("history"):
+                        name = Path(r["model"]).stem
+                        png = Path(args.write).with_name(f"{name}-run{i}-curves.png")
+                        plot_curves(r["history"], png, f"[{i}] {name}")
+                        curves.append(f"![[{i}] {r['row']}]({png.name})")
+            if curves:
+                text += "\n## Training curves (both rounds)\n\n" + "\n\n".join(curves) + "\n"
+            Path(args.write).write_text(text)
+        print(markdown(summaries, args.note or ""))
         return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     mnist = load_mnist()
@@ -262,7 +290,8 @@ def main() -> None:
         rows += run_preset(name, args, mnist)
     summary = {
         "command": "python benchmarks/mnist.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
+        "machine": machine(),
+        "seed": args.seed,
         "device": device,
         "seconds": time.perf_counter() - start,
         "rows": rows,
