@@ -259,8 +259,9 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         summaries = [json.loads(Path(f).read_text()) for f in args.merge]
+        text = markdown(summaries, args.note or "")
+        print(text)
         if args.write:
-            text = markdown(summaries, args.note or "")
             curves = []
             for i, summary in enumerate(summaries, 1):  # curves beside the table
                 for r in summary["rows"]:
@@ -272,7 +273,6 @@ def main() -> None:
             if curves:
                 text += "\n## Training curves (both rounds)\n\n" + "\n\n".join(curves) + "\n"
             Path(args.write).write_text(text)
-        print(markdown(summaries, args.note or ""))
         return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     mnist = load_mnist()

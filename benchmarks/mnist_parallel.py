@@ -65,9 +65,9 @@ def main() -> None:
         results = out / f"calibrate{i}" / "results.json"
         if not results.exists():
             sys.exit(f"calibration of run {i} failed: see {out / f'calibrate{i}' / 'log.txt'}")
-        rows = json.loads(results.read_text())["rows"]
-        per_epoch = max(e["seconds"] for r in rows for e in r.get("history", []))
-        overhead = json.loads(results.read_text())["seconds"] - 2 * per_epoch
+        summary = json.loads(results.read_text())
+        per_epoch = max(e["seconds"] for r in summary["rows"] for e in r.get("history", []))
+        overhead = summary["seconds"] - 2 * per_epoch
         total = max(2, int((budget - overhead) / (per_epoch * a.margin)))
         e1 = max(1, round(a.round1_share * total))
         epochs[i] = (e1, total - e1)
