@@ -62,6 +62,10 @@ def test_quantile_mostly_zero_feature_keeps_its_information():
     x = np.concatenate([np.zeros(800), np.arange(1, 201)])[:, None]
     levels = QuantileBinarizer(2, "binary").fit(x).levels(x)[:, 0]
     assert np.bincount(levels).tolist() == [800, 66, 67, 67]
+    # A large tie at the top must not swallow the runs that the lower levels still need.
+    x = np.concatenate([np.arange(10), np.full(90, 10)])[:, None]
+    levels = QuantileBinarizer(2, "binary").fit(x).levels(x)[:, 0]
+    assert np.bincount(levels).tolist() == [8, 1, 1, 90]
 
 
 def test_codes_and_scatter_layout():
