@@ -36,7 +36,8 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--round2-weights", "round2_weights", str, "tanh (the paper) or clip (update tanh(W))"),
     ("--augment-shift", "augment_shift", int, "random image shifts of up to N pixels"),
     ("--image-shape", "image_shape", str, "raw inputs are HxW images (mnist: 28x28)"),
-    ("--val-fraction", "val_fraction", float, "fraction of the data held out for validation"),
+    ("--val-fraction", "val_fraction", float, "fraction held out for validation (mnist: 0 only)"),
+    ("--keep", "keep", str, "each round's best (validation) or last epoch"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu or cuda"),
 ]
@@ -120,8 +121,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     training = net.metadata.get("training")
     if training:
         best = training.get("best_val_accuracy", {})
-        if best:
-            last = best[max(best)]
+        last = best[max(best)] if best else None
+        if last is not None:
             print(f"validation   {100 * last:.2f}% accuracy (best of the last round)")
     if "command" in net.metadata:
         print(f"trained with {net.metadata['command']}")
@@ -257,9 +258,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dataset == "mnist":
         from bitnn.data.mnist import load_mnist
 
-        mnist = load_mnist(args.data_dir)  # the standard split: train 50,000 + valid 10,000
-        X, y = mnist.X_train[:50000], mnist.y_train[:50000]
-        X_val, y_val = mnist.X_train[50000:], mnist.y_train[50000:]
+        if args.resume:
+            from bitnn.train.trainer import read_checkpoint
+
+            val_fraction = read_checkpoint(checkpoint)[1]["config"]["val_fraction"]
+        else:
+            val_fraction = args.val_fraction
+            if val_fraction not in (None, 0.0):
+                raise InputError(
+                    "mnist holds out its standard validation set (the last 10,000 training "
+                    "images); --val-fraction 0 trains on all 60,000 instead"
+                )
+        mnist = load_mnist(args.data_dir)
+        if val_fraction == 0.0:
+            X, y = mnist.X_train, mnist.y_train
+        else:  # the standard split: train 50,000 + valid 10,000
+            X, y = mnist.X_train[:50000], mnist.y_train[:50000]
+            X_val, y_val = mnist.X_train[50000:], mnist.y_train[50000:]
     else:
         X, y = load_xy(args.data, args.label_column)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)

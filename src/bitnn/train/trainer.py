@@ -67,6 +67,10 @@ class TrainConfig:
     augment_shift: int = 0
     image_shape: tuple[int, ...] = ()
     val_fraction: float = 0.1
+    # Which epoch's network ends each round: "best" (highest validation accuracy, or training
+    # accuracy without a validation split) or "last" (then, without a validation split, no
+    # epoch is evaluated: training on all the data with a fixed schedule costs no extra pass).
+    keep: str = "best"
     seed: int = 0
     device: str = "auto"
 
@@ -80,6 +84,8 @@ class TrainConfig:
             problems.append(f"optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
         if self.round2_weights not in ("tanh", "clip"):
             problems.append(f"round2_weights must be tanh or clip, not {self.round2_weights!r}")
+        if self.keep not in ("best", "last"):
+            problems.append(f"keep must be best or last, not {self.keep!r}")
         if self.schedule not in ("cosine", "exponential", "constant"):
             problems.append(
                 f"schedule must be cosine, exponential or constant, not {self.schedule!r}"
@@ -304,7 +310,7 @@ class Trainer:
         self.position = _Position()
         self.perm: torch.Tensor | None = None  # this epoch's shuffle order
         self.perm_for: list[int] = []  # the [round, epoch] it was drawn for
-        self.best: dict[int, tuple[float, dict[str, torch.Tensor]]] = {}
+        self.best: dict[int, tuple[float | None, dict[str, torch.Tensor]]] = {}
         self.optimizer = self._make_optimizer(cfg.lr_round1)
         self.stop = {"stop": False}
         self.epoch_losses: list[float] = []  # this epoch's batch losses so far
@@ -334,7 +340,7 @@ class Trainer:
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
         klass = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return klass(groups, lr=lr)
+        return klass(groups, lr=lr, fused=True)
 
     def _epochs(self, round_: int) -> int:
         return self.config.epochs_round1 if round_ == 1 else self.config.epochs_round2
@@ -475,20 +481,21 @@ class Trainer:
     def _end_epoch(self, train_loss: float, started: float) -> None:
         pos = self.position
         record: dict[str, Any] = {"round": pos.round, "epoch": pos.epoch + 1, "loss": train_loss}
+        metric: float | None = None
         if self.data.x_val is not None and self.data.y_val is not None:
             metric = self.evaluate(self.data.x_val, self.data.y_val)
-        else:  # no validation split: select on the training data
+        elif self.config.keep == "best":  # no validation split: select on the training data
             metric = self.evaluate(self.data.x_train, self.data.y_train)
         record["val_accuracy"] = metric
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.history.append(record)
         best = self.best.get(pos.round)
-        if best is None or metric > best[0]:
+        if self.config.keep == "last" or best is None or metric > best[0]:
             self.best[pos.round] = (metric, copy.deepcopy(self.model.state_dict()))
+        shown = "" if metric is None else f"  val accuracy {100 * metric:.2f}%"
         (log if self.cluster.main else _silent)(
             f"round {pos.round} epoch {pos.epoch + 1}/{self._epochs(pos.round)}: "
-            f"loss {train_loss:.4f}  val accuracy {100 * metric:.2f}%  "
-            f"({record['seconds']:.1f}s)"
+            f"loss {train_loss:.4f}{shown}  ({record['seconds']:.1f}s)"
         )
         pos.epoch, pos.batch = pos.epoch + 1, 0
         self.epoch_losses = []
@@ -542,7 +549,7 @@ class Trainer:
         self.model.set_round(self.position.round if self.position.round <= 2 else 2)
         self.model.load_state_dict(_numpy_to_state("model.", tensors))
         self.best = {
-            int(r): (float(m), _numpy_to_state(f"best{r}.", tensors))
+            int(r): (None if m is None else float(m), _numpy_to_state(f"best{r}.", tensors))
             for r, m in description["best_metric"].items()
         }
         self.history = list(description["history"])
