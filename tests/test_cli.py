@@ -202,6 +202,11 @@ def test_preset_conflicts_are_refused_before_reading_data(tmp_path, capsys):
     # the preset's own value is no conflict; a missing file is then the error
     assert main(["train", missing, "-o", out, "--preset", "paper", "--bias-kind", "bias"]) == 2
     assert "no such data file" in capsys.readouterr().err
+    # MNIST has its standard validation set; 0 (train on all 60,000) is the one other choice
+    assert main(["train", "mnist", "-o", out, "--val-fraction", "0.2"]) == 2
+    assert "--val-fraction 0 trains on all 60,000" in capsys.readouterr().err
+    assert main(["train", missing, "-o", out, "--keep", "first"]) == 2
+    assert "keep must be best or last" in capsys.readouterr().err
 
 
 def test_presets_carry_the_paper_architecture_for_mnist():

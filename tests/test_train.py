@@ -19,7 +19,14 @@ from bitnn.errors import InputError, TrainingInterrupted  # noqa: E402
 from bitnn.io import model_to_bytes  # noqa: E402
 from bitnn.train.convert import to_bit_network  # noqa: E402
 from bitnn.train.layers import BitMLP  # noqa: E402
-from bitnn.train.trainer import ShiftAugmenter, TrainConfig, to_bipolar, train_network  # noqa: E402
+from bitnn.train.trainer import (  # noqa: E402
+    ShiftAugmenter,
+    TrainConfig,
+    Trainer,
+    read_checkpoint,
+    to_bipolar,
+    train_network,
+)
 
 
 def quiet():
@@ -172,6 +179,36 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2
     assert _layers_equal(full, resumed)
     losses = [h["loss"] for h in full.metadata["training"]["history"]]
     assert losses == [h["loss"] for h in resumed.metadata["training"]["history"]]
+
+
+def test_keep_last_without_validation_evaluates_nothing_and_resumes(tmp_path, monkeypatch):
+    X, y = _blobs()
+    cfg = TrainConfig(hidden=(16,), epochs_round1=2, epochs_round2=2, batch_size=50)
+    cfg = dataclasses.replace(cfg, val_fraction=0.0, keep="last", dropout_hidden=0.1)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("keep=last without validation data must not evaluate")
+
+    monkeypatch.setattr(Trainer, "evaluate", no_evaluation)
+    with quiet():
+        full = train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=tmp_path / "a.ckpt")
+    history = full.metadata["training"]["history"]
+    assert len(history) == 4 and all(h["val_accuracy"] is None for h in history)
+    tensors, description = read_checkpoint(tmp_path / "a.ckpt")
+    assert description["best_metric"] == {"1": None, "2": None}
+    for key in (k for k in tensors if k.startswith("model.")):  # round 2's network is the last
+        np.testing.assert_array_equal(tensors["best2." + key[6:]], tensors[key])
+
+    def stop(trainer):
+        trainer.steps = getattr(trainer, "steps", 0) + 1
+        trainer.stop["stop"] = trainer.steps == 20  # inside round 2 (8 batches an epoch)
+
+    ckpt = tmp_path / "b.ckpt"
+    with quiet(), pytest.raises(TrainingInterrupted):
+        train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=ckpt, on_batch=stop)
+    with quiet():
+        resumed = train_network(X, y, checkpoint_path=ckpt, resume=True)
+    assert _layers_equal(full, resumed)
 
 
 @pytest.mark.parametrize(

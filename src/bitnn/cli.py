@@ -36,7 +36,7 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--round2-weights", "round2_weights", str, "tanh (the paper) or clip (update tanh(W))"),
     ("--augment-shift", "augment_shift", int, "random image shifts of up to N pixels"),
     ("--image-shape", "image_shape", str, "raw inputs are HxW images (mnist: 28x28)"),
-    ("--val-fraction", "val_fraction", float, "fraction held out for validation (mnist: 0 only)"),
+    ("--val-fraction", "val_fraction", float, "held out for validation; mnist: 0 = train on all"),
     ("--keep", "keep", str, "each round's best (validation) or last epoch"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto, cpu or cuda"),
