@@ -314,8 +314,9 @@ class Trainer:
         self.optimizer = self._make_optimizer(cfg.lr_round1)
         self.stop = {"stop": False}
         self.epoch_losses: list[float] = []  # this epoch's batch losses so far
-        # The whole (int8) training set lives on the device: one copy, no per-batch transfers.
-        self.x_train = torch.from_numpy(self.data.x_train).to(self.device)
+        # The whole training set lives on the device: one copy, no per-batch transfers. That
+        # is the (int8) input bits, or with shift augmentation the raw images, whose moved
+        # copies are binarized there batch by batch.
         self.y_train = torch.from_numpy(self.data.y_train).to(self.device)
         self.augment: ShiftAugmenter | None = None
         if cfg.augment_shift:
@@ -325,6 +326,8 @@ class Trainer:
                 self.binarizer, cfg.image_shape, cfg.augment_shift, self.device
             )
             self.x_train_raw = torch.from_numpy(self.data.x_train_raw).to(self.device)
+        else:
+            self.x_train = torch.from_numpy(self.data.x_train).to(self.device)
 
     # ---- pieces ------------------------------------------------------------------------------
 
@@ -416,7 +419,7 @@ class Trainer:
 
     def _run(self) -> None:
         cfg, pos = self.config, self.position
-        n = self.x_train.shape[0]
+        n = self.y_train.shape[0]
         n_batches = math.ceil(n / cfg.batch_size)
         world, rank = self.cluster.world, self.cluster.rank
         if n % cfg.batch_size and n % cfg.batch_size < world:
