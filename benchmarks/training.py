@@ -1,0 +1,124 @@
+"""Training speed: one optimizer step of the MNIST paper network (1568 input bits -> 3x1024 ->
+10, bias bits, dropout) on this machine, with the trainer's ops against the ops they replaced,
+side by side in one run.
+
+    python benchmarks/training.py [--hidden 1024,1024,1024] [--batch 100] [--steps 40]
+
+``before``: every sign by ``torch.where`` with scalar arguments, round 2's weights as
+``ternarize(tanh(W))`` (tanh, sign and the sparsity test each a pass over the weights), Adam's
+per-tensor loop. ``now``: what ``bitnn.train`` does (``sign()`` based signs; round 2's weights
+as sign(W) forward and tanh'(W) backward in one autograd op; fused Adam). Both compute the same
+values and gradients (the tests hold the ops equal); the optimizer may round differently.
+Prints the median step time (forward, backward, optimizer step on random +1/-1 batches) per
+round and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mnist import machine  # benchmarks/mnist.py, beside this script
+
+from bitnn.train import layers
+from bitnn.train.layers import BitLinear, BitMLP
+from bitnn.train.trainer import TrainConfig, Trainer
+
+
+class _WhereSign(torch.autograd.Function):
+    """The replaced sign activation: torch.where forward, tanh' backward."""
+
+    @staticmethod
+    def forward(ctx, z):  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return grad * (1 - torch.tanh(z) ** 2)
+
+
+class _WhereTernarize(torch.autograd.Function):
+    """The replaced weight binarization: two torch.where passes, straight-through backward."""
+
+    @staticmethod
+    def forward(ctx, v, beta):  # type: ignore[override]
+        out = torch.where(v >= 0, 1.0, -1.0).to(v.dtype)
+        return torch.where(v.abs() < beta, torch.zeros_like(v), out)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return grad, None
+
+
+def _before_weight(self: BitLinear) -> torch.Tensor:
+    w = self.real(self.weight)
+    return _WhereTernarize.apply(w, self.beta()) if self.binary else w
+
+
+@contextlib.contextmanager
+def before_ops():
+    saved = layers.sign_activation, BitLinear.effective_weight
+    layers.sign_activation, BitLinear.effective_weight = _WhereSign.apply, _before_weight
+    try:
+        yield
+    finally:
+        layers.sign_activation, BitLinear.effective_weight = saved
+
+
+def step_times(hidden, batch, steps, round_, before: bool) -> float:
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden=hidden, bias_kind="bias", dropout_input=0.1, dropout_hidden=0.2)
+    model = BitMLP(1568, hidden, 10, "bias", "bias", 0.0, 0.1, 0.2)
+    model.set_round(round_)
+    if before:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
+    else:  # the trainer's own optimizer
+        optimizer = Trainer._make_optimizer(SimpleNamespace(config=cfg, model=model), 1e-3)
+    x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    with before_ops() if before else contextlib.nullcontext():
+        for i in range(steps + 3):  # 3 warm-up steps
+            t = time.perf_counter()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", default="1024,1024,1024")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--steps", type=int, default=40)
+    args = p.parse_args()
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    print(
+        f"{machine()}, {torch.get_num_threads()} torch threads, "
+        f"PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch {args.batch}; "
+        f"median of {args.steps} steps, before/now interleaved twice"
+    )
+    print()
+    print("| round | before | now | speed-up |")
+    print("|---:|---:|---:|---:|")
+    for round_ in (1, 2):
+        runs = {True: [], False: []}
+        for _ in range(2):  # interleaved: a disturbance does not hit one side only
+            for before in (True, False):
+                runs[before].append(step_times(hidden, args.batch, args.steps, round_, before))
+        b, n = float(np.median(runs[True])), float(np.median(runs[False]))
+        print(f"| {round_} | {1e3 * b:.1f} ms | {1e3 * n:.1f} ms | {b / n:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
