@@ -18,7 +18,7 @@ from bitnn.bits import pack_signs, unpack_bits  # noqa: E402
 from bitnn.errors import InputError, TrainingInterrupted  # noqa: E402
 from bitnn.io import model_to_bytes  # noqa: E402
 from bitnn.train.convert import to_bit_network  # noqa: E402
-from bitnn.train.layers import BitMLP  # noqa: E402
+from bitnn.train.layers import BitLinear, BitMLP, sign_activation, ternarize  # noqa: E402
 from bitnn.train.trainer import (  # noqa: E402
     ShiftAugmenter,
     TrainConfig,
@@ -130,6 +130,28 @@ def test_trainer_module_and_network_agree_after_training(fsdd):
     with torch.no_grad():
         scores = model(torch.from_numpy(x).float()).numpy()
     np.testing.assert_array_equal(net.scores(fsdd.X), scores.astype(np.int64))
+
+
+def test_round_2_weight_op_equals_the_composed_ops():
+    """sign(W) forward / tanh'(W) backward in one op: the values and gradients of
+    ternarize(tanh(W)), bit for bit, for tiny, zero, negative-zero and large weights."""
+    torch.manual_seed(0)
+    layer = BitLinear(700, 300)
+    for scale in (1e-30, 1e-3, 1.0, 30.0):
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(300, 700) * scale)
+            layer.weight[0, :2] = torch.tensor([0.0, -0.0])
+        layer.binary = True
+        grad = torch.randn(300, 700)
+        fused = layer.effective_weight()
+        (g_fused,) = torch.autograd.grad(fused, layer.weight, grad)
+        composed = ternarize(torch.tanh(layer.weight))
+        (g_composed,) = torch.autograd.grad(composed, layer.weight, grad)
+        assert torch.equal(fused, composed) and torch.equal(g_fused, g_composed)
+        assert fused[0, 0] == 1 and fused[0, 1] == 1  # sign(0) = sign(-0) = +1
+    z = torch.tensor([-2.0, -0.0, 0.0, 1e-38, 3.0])
+    assert sign_activation(z).tolist() == [-1.0, 1.0, 1.0, 1.0, 1.0]
+    assert ternarize(z, 0.5).tolist() == [-1.0, 0.0, 0.0, 0.0, 1.0]
 
 
 def _blobs(n=400, seed=0):
