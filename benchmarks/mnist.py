@@ -196,7 +196,10 @@ def plot_curves(history: list[dict], path: Path, name: str) -> None:
     axes[0].set(xlabel="epoch", ylabel="training loss", title=f"{name}: loss")
     axes[1].set(xlabel="epoch", ylabel="validation error (%)", title=f"{name}: validation error")
     for ax in axes:
-        ax.legend()
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no validation set", ha="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
