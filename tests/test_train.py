@@ -161,6 +161,19 @@ def _blobs(n=400, seed=0):
     return centers[y] + rng.standard_normal((n, 8)), y
 
 
+def _interrupted_then_resumed(X, y, cfg, ckpt, stop_at):
+    """Train, stop after batch ``stop_at`` (as Ctrl-C would), resume from the checkpoint."""
+
+    def stop(trainer):
+        trainer.steps = getattr(trainer, "steps", 0) + 1
+        trainer.stop["stop"] = trainer.steps == stop_at
+
+    with quiet(), pytest.raises(TrainingInterrupted):
+        train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=ckpt, on_batch=stop)
+    with quiet():
+        return train_network(X, y, checkpoint_path=ckpt, resume=True)
+
+
 def _layers_equal(a, b):
     return all(
         np.array_equal(la.weight, lb.weight) and np.array_equal(la.threshold, lb.threshold)
@@ -188,16 +201,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2
     with quiet():
         full = train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=tmp_path / "a.ckpt")
 
-    def stop(trainer):
-        trainer.steps = getattr(trainer, "steps", 0) + 1
-        if trainer.steps == stop_at:
-            trainer.stop["stop"] = True
-
-    ckpt = tmp_path / "b.ckpt"
-    with quiet(), pytest.raises(TrainingInterrupted):
-        train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=ckpt, on_batch=stop)
-    with quiet():
-        resumed = train_network(X, y, checkpoint_path=ckpt, resume=True)
+    resumed = _interrupted_then_resumed(X, y, cfg, tmp_path / "b.ckpt", stop_at)
     assert _layers_equal(full, resumed)
     losses = [h["loss"] for h in full.metadata["training"]["history"]]
     assert losses == [h["loss"] for h in resumed.metadata["training"]["history"]]
@@ -221,15 +225,7 @@ def test_keep_last_without_validation_evaluates_nothing_and_resumes(tmp_path, mo
     for key in (k for k in tensors if k.startswith("model.")):  # round 2's network is the last
         np.testing.assert_array_equal(tensors["best2." + key[6:]], tensors[key])
 
-    def stop(trainer):
-        trainer.steps = getattr(trainer, "steps", 0) + 1
-        trainer.stop["stop"] = trainer.steps == 20  # inside round 2 (8 batches an epoch)
-
-    ckpt = tmp_path / "b.ckpt"
-    with quiet(), pytest.raises(TrainingInterrupted):
-        train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=ckpt, on_batch=stop)
-    with quiet():
-        resumed = train_network(X, y, checkpoint_path=ckpt, resume=True)
+    resumed = _interrupted_then_resumed(X, y, cfg, tmp_path / "b.ckpt", 20)  # inside round 2
     assert _layers_equal(full, resumed)
 
 
