@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bitnn.binarize import binarizer_from_spec
-from bitnn.data.mnist import load_mnist
+from bitnn.data.mnist import N_VALIDATION, load_mnist
 from bitnn.io import load_model, save_model
 from bitnn.train.presets import resolve
 from bitnn.train.trainer import TrainConfig, to_bipolar, train_network
@@ -64,14 +64,14 @@ def run_preset(name: str, args: argparse.Namespace, mnist) -> list[dict]:
     config, spec = preset_config(name, args)
     label = f"{name} preset{overrides(args)}"
     start = time.perf_counter()
-    n_train = 60000 if args.train_all else 50000
+    X, y, X_val, y_val = mnist.training_split(args.train_all)
     net = train_network(
-        mnist.X_train[:n_train],
-        mnist.y_train[:n_train],
+        X,
+        y,
         config,
         binarizer_from_spec(spec),
-        X_val=None if args.train_all else mnist.X_train[50000:],
-        y_val=None if args.train_all else mnist.y_train[50000:],
+        X_val=X_val,
+        y_val=y_val,
         report={"test": (mnist.X_test, mnist.y_test)},
         metadata={
             "command": "python benchmarks/mnist.py " + shlex.join(sys.argv[1:]),
@@ -154,7 +154,8 @@ def run_baselines(args: argparse.Namespace, mnist) -> list[dict]:
     _, spec = preset_config("paper", args)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else (1024, 1024, 1024)
     real = [x.astype(np.float32) / 255 for x in (mnist.X_train, mnist.X_test)]
-    b = binarizer_from_spec(spec).fit(mnist.X_train[:50000])
+    n = len(mnist.X_train) - N_VALIDATION  # the standard training/validation split
+    b = binarizer_from_spec(spec).fit(mnist.X_train[:n])
     bits = [to_bipolar(b.transform(x)).astype(np.float32) for x in (mnist.X_train, mnist.X_test)]
     rows = []
     for label, (train, test) in (
@@ -163,7 +164,7 @@ def run_baselines(args: argparse.Namespace, mnist) -> list[dict]:
     ):
         start = time.perf_counter()
         err, nbytes = train_float(
-            train[:50000], mnist.y_train[:50000], train[50000:], mnist.y_train[50000:],
+            train[:n], mnist.y_train[:n], train[n:], mnist.y_train[n:],
             test, mnist.y_test, hidden, args.float_epochs, args.seed, args.device,
         )  # fmt: skip
         seconds = time.perf_counter() - start

@@ -140,3 +140,14 @@ def test_load_xy_errors(tmp_path):
     np.savez(tmp_path / "n.npz", A=np.zeros(3))
     with pytest.raises(InputError, match="named X"):
         load_xy(tmp_path / "n.npz")
+
+
+def test_training_split_is_the_standard_one_or_all_images():
+    from bitnn.data.mnist import MNIST
+
+    ids = np.arange(60000)
+    d = MNIST(ids[:, None], ids, ids[:10000, None], ids[:10000], "test")
+    X, y, X_val, y_val = d.training_split()
+    assert X[-1, 0] == y[-1] == 49999 and X_val[0, 0] == y_val[0] == 50000 and len(y_val) == 10000
+    X, y, X_val, y_val = d.training_split(all_images=True)
+    assert len(X) == len(y) == 60000 and X_val is None and y_val is None

