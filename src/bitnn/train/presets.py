@@ -40,6 +40,20 @@ _MNIST = {
     "augment_shift": 2,
 }
 
+# Speech denoising (bitnn train-denoiser): the paper's 2 x 2048 network, frames as samples.
+# No dropout (hundreds of thousands of frames); each round ends with its last epoch.
+_DENOISE = {
+    "hidden": (2048, 2048),
+    "epochs_round1": 10,
+    "epochs_round2": 15,
+    "batch_size": 512,
+    "lr_round1": 3e-3,
+    "lr_round2": 1e-3,
+    "dropout_input": 0.0,
+    "dropout_hidden": 0.0,
+    "keep": "last",
+}
+
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         config={
@@ -55,7 +69,10 @@ PRESETS: dict[str, Preset] = {
         description="the paper's method: bias bits, tanh compression, noisy backprop",
         fixed=("bias_kind", "output_bias_kind", "round2_weights"),
         binarizer_kinds=("quantile",),
-        datasets={"mnist": {**_MNIST, "epochs_round1": 30, "epochs_round2": 90}},
+        datasets={
+            "mnist": {**_MNIST, "epochs_round1": 30, "epochs_round2": 90},
+            "denoise": _DENOISE,
+        },
     ),
     "best": Preset(
         config={
@@ -68,7 +85,7 @@ PRESETS: dict[str, Preset] = {
         },
         binarizer="quantile:2:thermometer",
         description="integer thresholds (folded BatchNorm), cosine schedule",
-        datasets={"mnist": {**_MNIST, "hidden": (2048, 2048, 2048)}},
+        datasets={"mnist": {**_MNIST, "hidden": (2048, 2048, 2048)}, "denoise": _DENOISE},
     ),
 }
 

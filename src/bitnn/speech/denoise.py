@@ -1,0 +1,135 @@
+"""Bitwise denoising: a :class:`BitNetwork` that maps bits of noisy spectra to mask bits.
+
+The network is an ordinary ``output="bits"`` BitNetwork (same engines, same model file) whose
+metadata key ``"speech"`` holds the :class:`SpectrogramConfig` and the input level. For each
+STFT frame its raw input is the magnitudes of ``2 * context + 1`` frames (see
+:func:`frame_features`), binarized by the network's own fitted quantile binarizer; its output
+is one bit per frequency bin, the estimated Ideal Binary Mask. The masked mixture spectrum,
+with the mixture's phase, is inverted to the denoised signal.
+
+Level: before the spectrum is binarized the signal is scaled to an RMS of ``level_rms``
+(training mixtures the same way), so a recording's loudness does not move its bits. The mask
+is applied to the unscaled mixture, so the output keeps the input's level.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitnn.errors import InputError
+from bitnn.network import BitNetwork
+from bitnn.progress import ProgressBar
+from bitnn.speech.spectra import (
+    SpectrogramConfig,
+    apply_mask,
+    frame_features,
+    ideal_binary_mask,
+    istft,
+    relative_to_floor,
+    stft,
+)
+
+SPEECH_KEY = "speech"
+BLOCK_FRAMES = 8192  # frames per engine call when progress is shown (about 2 min at 8 kHz)
+DEFAULT_LEVEL_RMS = 0.05
+
+
+def level_gain(x: np.ndarray, level_rms: float) -> float:
+    """The factor that brings ``x`` to RMS ``level_rms`` (1 for a silent signal)."""
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return 1.0 if rms == 0.0 else level_rms / rms
+
+
+def mixture_features(
+    x: np.ndarray, config: SpectrogramConfig, level_rms: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(spectrum of x, raw network input)``: the magnitudes of x brought to the fixed level
+    (the STFT is linear: one transform serves both)."""
+    X = stft(x, config)
+    magnitude = np.abs(X) * np.float32(level_gain(x, level_rms))
+    if config.floor_percentile:
+        magnitude = relative_to_floor(magnitude, config.floor_percentile)
+    return X, frame_features(magnitude, config.context)
+
+
+def training_examples(
+    mixtures: Iterable[Any], config: SpectrogramConfig, level_rms: float, lc_db: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of many :class:`~bitnn.speech.mixtures.Mixture` -> ``(features, IBM bits)``."""
+    xs, ys = [], []
+    for m in mixtures:
+        _, feats = mixture_features(m.mixture, config, level_rms)
+        xs.append(feats)
+        ys.append(ideal_binary_mask(stft(m.speech, config), stft(m.noise, config), lc_db))
+    if not xs:
+        raise InputError("no mixtures to learn from")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@dataclass
+class Denoiser:
+    """Runs a denoising BitNetwork on signals at its rate."""
+
+    network: BitNetwork
+    engine: str | None = None
+
+    def __post_init__(self) -> None:
+        meta = self.network.metadata.get(SPEECH_KEY)
+        if self.network.output != "bits" or not isinstance(meta, dict):
+            raise InputError(
+                "this model is not a denoiser (it has no speech settings and bit outputs); "
+                "train one with `bitnn train-denoiser`"
+            )
+        self.config = SpectrogramConfig.from_json(meta["spectrogram"])
+        self.level_rms = float(meta["level_rms"])
+        n_in = self.network.binarizer.n_features_in_ if self.network.binarizer else None
+        if self.network.n_outputs != self.config.n_bins or n_in != (
+            self.config.n_bins * self.config.n_frames_seen
+        ):
+            raise InputError(
+                "the model's layer sizes do not match its spectrogram settings; the file is "
+                "inconsistent: retrain or re-download it"
+            )
+
+    @property
+    def rate(self) -> int:
+        return self.config.rate
+
+    def mask(
+        self, x: np.ndarray, progress: ProgressBar | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(mixture spectrum, mask bits)``, both ``(n_frames, n_bins)``."""
+        X, feats = mixture_features(x, self.config, self.level_rms)
+        if progress is None:
+            return X, self.network.predict(feats, self.engine)
+        progress.total = max(1, feats.shape[0])
+        masks = []
+        for start in range(0, feats.shape[0], BLOCK_FRAMES):
+            masks.append(self.network.predict(feats[start : start + BLOCK_FRAMES], self.engine))
+            progress.update(min(start + BLOCK_FRAMES, feats.shape[0]))
+        progress.close()
+        return X, np.concatenate(masks)
+
+    def __call__(self, x: np.ndarray, progress: ProgressBar | None = None) -> np.ndarray:
+        """Denoise a mono float signal at :attr:`rate`; same length out. ``progress`` shows
+        the frames done (for long recordings)."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 1 or x.size == 0:
+            raise InputError(f"denoising takes a non-empty mono signal, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise InputError("the signal holds NaN or infinite samples; repair or drop the file")
+        if not np.any(x):
+            warnings.warn("the input is silent; the output is silent too", stacklevel=2)
+            return x.copy()
+        X, m = self.mask(x, progress)
+        return istft(apply_mask(X, m), self.config, x.size)
+
+
+def speech_metadata(config: SpectrogramConfig, level_rms: float, **extra: Any) -> dict[str, Any]:
+    """The metadata entry a denoising network carries."""
+    return {SPEECH_KEY: {"spectrogram": config.to_json(), "level_rms": level_rms, **extra}}

@@ -1,0 +1,226 @@
+"""Noisy mixtures of speech and noise, reproducible from a seed and listed in a manifest.
+
+A mixture is one speech utterance with ``pad`` seconds of silence before and after, plus a
+segment of one noise recording (from a seeded offset, looped if too short) scaled so that the
+speech-to-noise power ratio over the utterance is ``snr_db``. A manifest row names the speech
+file, the noise file, the offset, the SNR and the noise gain, so every mixture can be rebuilt
+from the files alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from bitnn.data.audio import AudioWarning, read_audio
+from bitnn.errors import InputError
+from bitnn.progress import log
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """One row of a manifest."""
+
+    voice: str
+    speech_file: str
+    noise_type: str
+    noise_file: str
+    noise_offset: int  # first noise sample used (at the mixing rate)
+    snr_db: float
+    rate: int
+    pad: int  # samples of silence around the utterance
+
+
+@dataclass
+class Mixture:
+    spec: MixtureSpec
+    speech: np.ndarray  # float32, the padded clean utterance
+    noise: np.ndarray  # float32, scaled noise of the same length
+    noise_gain: float
+
+    @property
+    def mixture(self) -> np.ndarray:
+        return self.speech + self.noise
+
+
+class AudioCache:
+    """Decoded recordings at one rate, read once (noise files are reused many times)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._signals: dict[str, np.ndarray] = {}
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        key = str(path)
+        if key not in self._signals:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AudioWarning)  # usable() judges silence
+                self._signals[key] = read_audio(key, self.rate)[0]
+        return self._signals[key]
+
+    def usable(self, path: str | Path) -> bool:
+        """Whether a corpus file can be mixed: readable, at least 0.1 s, not silent. Corpora
+        hold a few empty or broken files; mixtures skip them (logged) instead of failing."""
+        try:
+            x = self(path)
+        except InputError as exc:
+            log(f"skipping {path}: {exc}")
+            return False
+        if x.size < self.rate // 10 or not power(x) > 0.0:
+            log(f"skipping {path}: shorter than 0.1 s or silent")
+            return False
+        return True
+
+
+def power(x: np.ndarray) -> float:
+    return float(np.mean(np.square(x, dtype=np.float64)))
+
+
+def mix(spec: MixtureSpec, audio: AudioCache) -> Mixture:
+    """Build the mixture a manifest row describes."""
+    s = audio(spec.speech_file)
+    s = np.pad(s, (spec.pad, spec.pad))
+    n_all = audio(spec.noise_file)
+    if not power(n_all) > 0.0:
+        raise InputError(f"noise file {spec.noise_file} is silent; remove it from the noise set")
+    idx = (spec.noise_offset + np.arange(s.size)) % n_all.size
+    n = n_all[idx]
+    ps = power(s[spec.pad : s.size - spec.pad])
+    if not ps > 0.0:
+        raise InputError(f"speech file {spec.speech_file} is silent; remove it from the corpus")
+    gain = float(np.sqrt(ps / (power(n) * 10.0 ** (spec.snr_db / 10.0))))
+    return Mixture(spec, s.astype(np.float32), (n * gain).astype(np.float32), gain)
+
+
+def _usable(groups: dict[str, Sequence[Path]], audio: AudioCache) -> dict[str, list[Path]]:
+    out = {name: sorted(f for f in files if audio.usable(f)) for name, files in groups.items()}
+    for name, files in out.items():
+        if not files:
+            raise InputError(f"{name!r} has no usable audio files (all empty, silent or broken)")
+    return out
+
+
+def draw_mixtures(
+    voices: dict[str, Sequence[Path]],
+    noises: dict[str, Sequence[Path]],
+    snrs_db: Sequence[float],
+    n_mixtures: int,
+    seed: int,
+    audio: AudioCache,
+    pad_seconds: float = 0.2,
+) -> list[MixtureSpec]:
+    """``n_mixtures`` specs: voice, noise type and SNR drawn uniformly (so every voice and
+    noise type weighs the same, however many files it has), then a file of each and an
+    offset into the noise."""
+    if not voices or not noises or not snrs_db:
+        raise InputError("mixtures need at least one voice, one noise type and one SNR")
+    voices, noises = _usable(voices, audio), _usable(noises, audio)
+    rng = np.random.default_rng(seed)
+    voice_names, noise_names = sorted(voices), sorted(noises)
+    specs = []
+    for _ in range(n_mixtures):
+        v = voice_names[rng.integers(len(voice_names))]
+        t = noise_names[rng.integers(len(noise_names))]
+        snr = float(snrs_db[rng.integers(len(snrs_db))])
+        sfile = voices[v][rng.integers(len(voices[v]))]
+        nfile = noises[t][rng.integers(len(noises[t]))]
+        offset = int(rng.integers(audio(nfile).size))
+        specs.append(
+            MixtureSpec(
+                v,
+                str(sfile),
+                t,
+                str(nfile),
+                offset,
+                snr,
+                audio.rate,
+                round(pad_seconds * audio.rate),
+            )
+        )
+    return specs
+
+
+def grid_mixtures(
+    voices: dict[str, Sequence[Path]],
+    noises: dict[str, Sequence[Path]],
+    snrs_db: Sequence[float],
+    per_cell: int,
+    seed: int,
+    audio: AudioCache,
+    pad_seconds: float = 0.2,
+) -> list[MixtureSpec]:
+    """A balanced test set: ``per_cell`` utterances for every (voice, noise type, SNR)."""
+    voices, noises = _usable(voices, audio), _usable(noises, audio)
+    rng = np.random.default_rng(seed)
+    specs = []
+    for v in sorted(voices):
+        files = voices[v]
+        for t in sorted(noises):
+            nfiles = noises[t]
+            for snr in snrs_db:
+                picks = rng.choice(len(files), size=min(per_cell, len(files)), replace=False)
+                for i in picks:
+                    nfile = nfiles[rng.integers(len(nfiles))]
+                    offset = int(rng.integers(audio(nfile).size))
+                    specs.append(
+                        MixtureSpec(
+                            v,
+                            str(files[i]),
+                            t,
+                            str(nfile),
+                            offset,
+                            float(snr),
+                            audio.rate,
+                            round(pad_seconds * audio.rate),
+                        )
+                    )
+    return specs
+
+
+def iter_mixtures(specs: Sequence[MixtureSpec], audio: AudioCache) -> Iterator[Mixture]:
+    for spec in specs:
+        yield mix(spec, audio)
+
+
+_COLUMNS = [f.name for f in fields(MixtureSpec)]
+
+
+def manifest_csv(specs: Sequence[MixtureSpec]) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, _COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for s in specs:
+        w.writerow(asdict(s))
+    return out.getvalue()
+
+
+def read_manifest(path: str | Path) -> list[MixtureSpec]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read the manifest {path}: {exc.strerror}") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or set(rows[0]) != set(_COLUMNS):
+        raise InputError(f"{path} is not a mixture manifest (columns {', '.join(_COLUMNS)})")
+    try:
+        return [
+            MixtureSpec(
+                r["voice"],
+                r["speech_file"],
+                r["noise_type"],
+                r["noise_file"],
+                int(r["noise_offset"]),
+                float(r["snr_db"]),
+                int(r["rate"]),
+                int(r["pad"]),
+            )
+            for r in rows
+        ]
+    except ValueError as exc:
+        raise InputError(f"{path}: a manifest row has a bad number ({exc})") from None

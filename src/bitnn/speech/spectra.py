@@ -1,0 +1,180 @@
+"""Spectra of speech and their bits: STFT, frame features, Ideal Binary Masks, resynthesis.
+
+The STFT is ``scipy.signal.ShortTimeFFT``'s (computed faster in float32, see :func:`stft`): a
+periodic Hann window of ``frame`` samples moved
+by ``hop`` samples (defaults 512 and 128 at 8 kHz: 64 ms frames, 16 ms hop, 257 bins of
+15.6 Hz), frame ``p`` centred on sample ``p * hop``, no scaling of the FFT (``scale_to=None``:
+a bin is the plain sum of window * signal * exp(-j...)). The inverse uses scipy's canonical
+dual window, so ``istft(stft(x)) == x`` up to float rounding (75% overlap of a Hann window is
+invertible). Zeros are padded on both ends, so every sample is covered by full frames.
+
+Frame features are magnitudes ``|X|`` (optionally relative to each bin's noise floor, see
+``floor_percentile``) of ``2 * context + 1`` neighbouring frames side by side (frames beyond
+either end repeat the first or last frame), one row per frame: the raw input of a denoising
+network, binarized by its own fitted ``QuantileBinarizer``.
+
+An Ideal Binary Mask keeps a bin where speech dominates noise:
+``20 * log10(|S| / |N|) > lc_db`` (``lc_db = 0``: ``|S| > |N|``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.fft
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import ShortTimeFFT, get_window
+
+from bitnn.errors import InputError
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig:
+    """How audio becomes frames of spectra (stored in a denoising model's metadata)."""
+
+    rate: int = 8000  # samples per second
+    frame: int = 512  # window length = FFT length
+    hop: int = 128
+    window: str = "hann"  # periodic (FFT-ready) window, any scipy.signal.get_window name
+    context: int = 0  # frames on each side that the network also sees
+    # 0: magnitudes as they are (at the fixed input level). P > 0: each bin's magnitudes are
+    # divided by that bin's P-th percentile over the recording, a noise floor estimate, so
+    # the bits say how far a bin stands above its floor (a local SNR), whatever the noise.
+    floor_percentile: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rate < 1000 or self.frame < 16 or not 0 < self.hop <= self.frame // 2:
+            raise InputError(
+                "spectrogram needs rate >= 1000 Hz, frame >= 16 and 0 < hop <= frame / 2"
+            )
+        if not 0 <= self.context <= 8:
+            raise InputError(f"context must be 0..8 frames, got {self.context}")
+        if not 0 <= self.floor_percentile < 100:
+            raise InputError(f"floor_percentile must be in [0, 100), got {self.floor_percentile}")
+
+    @property
+    def n_bins(self) -> int:
+        return self.frame // 2 + 1
+
+    @property
+    def n_frames_seen(self) -> int:
+        return 2 * self.context + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SpectrogramConfig:
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise InputError(f"invalid spectrogram settings {d!r}: {exc}") from None
+
+    def transform(self) -> ShortTimeFFT:
+        win = get_window(self.window, self.frame, fftbins=True)
+        return ShortTimeFFT(win, self.hop, self.rate, fft_mode="onesided", scale_to=None)
+
+
+def stft(x: np.ndarray, config: SpectrogramConfig) -> np.ndarray:
+    """Mono signal ``(n,)`` -> complex64 spectrum ``(n_frames, n_bins)``, one row per frame:
+    exactly ``ShortTimeFFT.stft`` (frames ``p_min .. p_max(n) - 1``, time origin of each FFT
+    at its window's centre), computed in float32 by framing the signal and
+    ``scipy.fft.rfft`` (ShortTimeFFT itself works in float64 and takes several times longer)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 1:
+        raise InputError(f"stft takes a mono signal (1-D), got shape {x.shape}")
+    if x.size == 0:
+        raise InputError("cannot take the spectrum of an empty signal")
+    g = _geometry(config, x.size)
+    padded = np.zeros(g.n_frames * config.hop + config.frame, np.float32)
+    padded[g.offset : g.offset + x.size] = x
+    frames = sliding_window_view(padded, config.frame)[:: config.hop][: g.n_frames]
+    X = scipy.fft.rfft(frames * g.window, axis=1)
+    X *= g.centre_phase
+    return X.astype(np.complex64, copy=False)
+
+
+def istft(X: np.ndarray, config: SpectrogramConfig, n_samples: int) -> np.ndarray:
+    """Inverse of :func:`stft` (``ShortTimeFFT.istft`` with its canonical dual window):
+    ``(n_frames, n_bins)`` -> float32 signal of ``n_samples``, by overlap-add."""
+    X = np.asarray(X)
+    g = _geometry(config, n_samples)
+    if X.ndim != 2 or X.shape != (g.n_frames, config.n_bins):
+        raise InputError(
+            f"a spectrum of {n_samples} samples has shape ({g.n_frames}, {config.n_bins}), "
+            f"got {X.shape}"
+        )
+    frames = scipy.fft.irfft(X * g.centre_phase, n=config.frame, axis=1).astype(np.float32)
+    frames *= g.dual_window
+    hop, r = config.hop, config.frame // config.hop
+    blocks = np.zeros((g.n_frames + r - 1, hop), np.float32)
+    for j in range(r):  # the j-th hop-long piece of frame p lands in block p + j
+        blocks[j : j + g.n_frames] += frames[:, j * hop : (j + 1) * hop]
+    return np.ascontiguousarray(blocks.reshape(-1)[g.offset : g.offset + n_samples])
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    n_frames: int
+    offset: int  # where sample 0 of the signal sits in the padded frame grid
+    window: np.ndarray
+    dual_window: np.ndarray
+    centre_phase: np.ndarray  # (-1)**k: each FFT's time origin at its window's centre
+
+
+def _geometry(config: SpectrogramConfig, n_samples: int) -> _Geometry:
+    if config.frame % config.hop or config.frame % 2:
+        raise InputError("frame must be even and a whole multiple of hop")
+    t = _transform(config)
+    # Signals shorter than half a frame get the frames of one that long (zeros beyond).
+    n_frames = t.p_max(max(n_samples, config.frame // 2)) - t.p_min
+    offset = t.m_num_mid - t.p_min * config.hop  # frame p_min starts offset samples early
+    return _Geometry(n_frames, offset, *_windows(config))
+
+
+@functools.cache
+def _transform(config: SpectrogramConfig) -> ShortTimeFFT:
+    return config.transform()
+
+
+@functools.cache
+def _windows(config: SpectrogramConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = _transform(config)
+    phase = np.where(np.arange(config.n_bins) % 2, -1.0, 1.0).astype(np.float32)
+    return t.win.astype(np.float32), t.dual_win.astype(np.float32), phase
+
+
+FLOOR_EPS = 1e-3  # added to floors: a digitally silent bin does not divide by zero
+
+
+def relative_to_floor(magnitude: np.ndarray, percentile: float) -> np.ndarray:
+    """Each bin's magnitudes divided by that bin's ``percentile``-th value over all frames."""
+    floor = np.percentile(magnitude, percentile, axis=0).astype(np.float32) + FLOOR_EPS
+    return magnitude / floor
+
+
+def frame_features(magnitude: np.ndarray, context: int) -> np.ndarray:
+    """``(n_frames, n_bins)`` magnitudes -> ``(n_frames, (2 * context + 1) * n_bins)``: frame
+    ``t - context`` first, ``t + context`` last; the ends repeat the first and last frame."""
+    m = np.asarray(magnitude, dtype=np.float32)
+    if context == 0:
+        return m
+    padded = np.concatenate([np.repeat(m[:1], context, 0), m, np.repeat(m[-1:], context, 0)])
+    n = m.shape[0]
+    return np.concatenate([padded[i : i + n] for i in range(2 * context + 1)], axis=1)
+
+
+def ideal_binary_mask(speech: np.ndarray, noise: np.ndarray, lc_db: float = 0.0) -> np.ndarray:
+    """uint8 mask: 1 where ``20 log10(|S| / |N|) > lc_db`` (spectra of the same shape)."""
+    s, n = np.abs(speech).astype(np.float64), np.abs(noise).astype(np.float64)
+    if s.shape != n.shape:
+        raise InputError(f"speech {s.shape} and noise {n.shape} spectra must match")
+    return (s > n * 10.0 ** (lc_db / 20.0)).astype(np.uint8)
+
+
+def apply_mask(mixture: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mixture's spectrum (magnitude and phase) where the mask is 1, zero elsewhere."""
+    return np.where(np.asarray(mask, dtype=bool), mixture, 0).astype(np.complex64)

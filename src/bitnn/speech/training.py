@@ -1,0 +1,169 @@
+"""Training a denoiser (needs PyTorch): mixtures -> frames -> the two-round trainer.
+
+The network learns one output bit per frequency bin with a per-bit loss in both rounds:
+binary cross-entropy on the last layer's scaled pre-activation taken as a logit
+(``sigmoid(z)`` is the probability that the bin's IBM bit is 1). In round 2 that
+pre-activation comes from binarized weights, bias and hidden bits, so the deployed bit is
+exactly ``z >= 0``; the gradient reaches the real-valued weights through the surrogates of
+:mod:`bitnn.train.layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bitnn.binarize import Binarizer
+from bitnn.errors import InputError
+from bitnn.network import BitNetwork
+from bitnn.progress import log
+from bitnn.speech.denoise import speech_metadata, training_examples
+from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_mixtures
+from bitnn.speech.spectra import SpectrogramConfig
+from bitnn.train.layers import BitMLP
+from bitnn.train.trainer import TrainConfig, read_checkpoint, to_bipolar, train_network
+
+# Frames of context on each side, per preset (the paper's network sees one frame).
+PRESET_CONTEXT = {"paper": 0, "best": 1}
+
+
+@dataclass
+class DenoisingData:
+    train: list[MixtureSpec]
+    val: list[MixtureSpec]
+    spectrogram: SpectrogramConfig
+
+
+def parse_snrs(text: str) -> tuple[float, ...]:
+    try:
+        snrs = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"SNRs are numbers in dB separated by commas, got {text!r}") from None
+    if not snrs or not all(np.isfinite(snrs)):
+        raise InputError(f"give at least one finite SNR in dB, got {text!r}")
+    return snrs
+
+
+def denoising_data(
+    speech: str | Path | None = None,
+    noise: str | Path | None = None,
+    *,
+    timit: bool = False,
+    n_mixtures: int | None = None,
+    snrs_db: str | Sequence[float] = "-5,0,5",
+    seed: int = 0,
+    context: int | None = None,
+    preset: str | None = None,
+    rate: int = 8000,
+) -> DenoisingData:
+    """Training and validation mixtures from speaker folders (or TIMIT) and noise folders;
+    without folders, the protocol's training voices and noises (:mod:`bitnn.speech.protocol`).
+    Validation mixtures: the same voices and noises, another seed (one per 20 training)."""
+    from bitnn.data.corpora import noise_folder, speaker_folders, timit_speakers
+    from bitnn.speech import protocol
+
+    if context is None:
+        context = PRESET_CONTEXT.get(preset or "", 0)
+    n = protocol.N_TRAIN if n_mixtures is None else n_mixtures
+    if n < 1:
+        raise InputError(f"train on at least one mixture, not {n}")
+    snrs = parse_snrs(snrs_db) if isinstance(snrs_db, str) else tuple(snrs_db)
+    if speech is None and timit:
+        raise InputError("--timit describes the layout of --speech DIR; give the folder too")
+    voices = (
+        protocol.require_voices(protocol.TRAIN_VOICES)
+        if speech is None
+        else (timit_speakers(speech) if timit else speaker_folders(speech))
+    )
+    noises = (
+        protocol.require_noise_types(protocol.TRAIN_NOISES)
+        if noise is None
+        else noise_folder(noise)
+    )
+    audio = AudioCache(rate)
+    train = draw_mixtures(voices, noises, snrs, n, seed, audio)
+    val = draw_mixtures(voices, noises, snrs, max(1, n // 20), seed + 1, audio)
+    return DenoisingData(train, val, SpectrogramConfig(rate=rate, context=context))
+
+
+def train_denoiser(
+    train: Sequence[MixtureSpec],
+    val: Sequence[MixtureSpec] | None,
+    config: TrainConfig,
+    binarizer: Binarizer,
+    spectrogram: SpectrogramConfig | None = None,
+    *,
+    level_rms: float = 0.05,
+    lc_db: float = 0.0,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> BitNetwork:
+    """Train a denoising BitNetwork on the frames of ``train`` (IBM targets, local SNR
+    criterion ``lc_db``); ``val`` frames are measured after every epoch (bit accuracy)."""
+    spectrogram = spectrogram or SpectrogramConfig()
+    audio = AudioCache(spectrogram.rate)
+    X, Y = training_examples(iter_mixtures(train, audio), spectrogram, level_rms, lc_db)
+    log(f"{len(train)} training mixtures: {X.shape[0]:,} frames of {X.shape[1]} magnitudes")
+    X_val = Y_val = None
+    if val:
+        X_val, Y_val = training_examples(iter_mixtures(val, audio), spectrogram, level_rms, lc_db)
+    meta = speech_metadata(spectrogram, level_rms, lc_db=lc_db, n_train_mixtures=len(train))
+    return train_network(
+        X,
+        Y,
+        config,
+        binarizer,
+        X_val=X_val,
+        y_val=Y_val,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        metadata={**meta, **(metadata or {})},
+    )
+
+
+class CheckpointNetwork:
+    """The PyTorch network of a training run's checkpoint, as it ended a round: round 1 is
+    the real-valued network (tanh weights and activations) on the same input bits, the
+    BNN's real-valued twin; round 2 is the binarized network the BNN was converted from."""
+
+    def __init__(self, checkpoint: str | Path, round_: int = 1) -> None:
+        tensors, desc = read_checkpoint(Path(checkpoint))
+        cfg = TrainConfig.from_json(desc["config"])
+        arrays = {
+            k.removeprefix("binarizer."): v
+            for k, v in tensors.items()
+            if k.startswith("binarizer.")
+        }
+        self.binarizer = Binarizer.from_state(desc["binarizer"], arrays)
+        prefix = f"best{round_}."
+        state = {
+            k.removeprefix(prefix): torch.from_numpy(np.array(v))
+            for k, v in tensors.items()
+            if k.startswith(prefix)
+        }
+        if not state:
+            raise InputError(f"{checkpoint} holds no network of round {round_} (not trained)")
+        self.model = BitMLP(
+            self.binarizer.n_bits_out_,
+            cfg.hidden,
+            desc["n_outputs"],
+            bias_kind=cfg.bias_kind,
+            output_bias_kind=cfg.output_bias_kind,
+            sparsity=cfg.sparsity,
+            output=desc["output"],
+        )
+        self.model.load_state_dict(state)
+        self.model.set_round(round_)
+        self.model.eval()
+
+    @torch.no_grad()
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Raw features -> output bits (uint8 0/1): 1 where the output is >= 0."""
+        x = torch.from_numpy(to_bipolar(self.binarizer.transform(features))).float()
+        return (self.model(x) >= 0).numpy().astype(np.uint8)

@@ -1,0 +1,315 @@
+"""The speech path: spectra, masks, mixtures, the denoiser, its training and its commands."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+sf = pytest.importorskip("soundfile")
+
+from bitnn.binarize import QuantileBinarizer  # noqa: E402
+from bitnn.errors import InputError  # noqa: E402
+from bitnn.io import load_model, save_model  # noqa: E402
+from bitnn.network import BitLayer, BitNetwork  # noqa: E402
+from bitnn.speech.denoise import Denoiser, mixture_features, speech_metadata  # noqa: E402
+from bitnn.speech.mixtures import (  # noqa: E402
+    AudioCache,
+    draw_mixtures,
+    grid_mixtures,
+    manifest_csv,
+    mix,
+    power,
+    read_manifest,
+)
+from bitnn.speech.spectra import (  # noqa: E402
+    SpectrogramConfig,
+    apply_mask,
+    frame_features,
+    ideal_binary_mask,
+    istft,
+    stft,
+)
+
+RATE = 8000
+
+
+def voiced(seconds, f0, seed):
+    """A speech-like signal: harmonics of f0 under a syllable-rate envelope."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    x = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 3 * t + rng.uniform(0, 6)), 0, None) ** 2
+    return (0.1 * x * envelope).astype(np.float32)
+
+
+def noise(seconds, seed, color=0.9):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(int(seconds * RATE))
+    out = np.empty_like(w)
+    acc = 0.0
+    for i, v in enumerate(w):  # first-order low-pass: a brownish noise
+        acc = color * acc + v
+        out[i] = acc
+    return (0.02 * out / out.std()).astype(np.float32)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """Two voices of three utterances, two noise types of two recordings (one at 16 kHz)."""
+    speech, noises = tmp_path / "speech", tmp_path / "noise"
+    for v, f0 in (("low", 110), ("high", 220)):
+        (speech / v).mkdir(parents=True)
+        for i in range(3):
+            sf.write(speech / v / f"u{i}.wav", voiced(0.8 + 0.2 * i, f0 + 7 * i, i), RATE)
+    for kind, color in (("brown", 0.95), ("white", 0.0)):
+        (noises / kind).mkdir(parents=True)
+        for i in range(2):
+            rate = 16000 if i else RATE
+            n = noise(2.0 * rate / RATE, 10 + i, color)
+            sf.write(noises / kind / f"n{i}.wav", n, rate)
+    return speech, noises
+
+
+def test_stft_defaults_invert_and_match_the_documented_shape():
+    c = SpectrogramConfig()
+    assert (c.rate, c.frame, c.hop, c.n_bins) == (8000, 512, 128, 257)
+    x = voiced(1.0, 150, 0) + noise(1.0, 1)
+    X = stft(x, c)
+    assert X.shape[1] == 257 and X.dtype == np.complex64
+    np.testing.assert_allclose(istft(X, c, x.size), x, atol=1e-5)
+    with pytest.raises(InputError, match="mono"):
+        stft(np.zeros((2, 100)), c)
+    with pytest.raises(InputError, match="empty"):
+        stft(np.zeros(0), c)
+    with pytest.raises(InputError, match="hop"):
+        SpectrogramConfig(hop=400)
+
+
+@pytest.mark.parametrize("frame,hop", [(512, 128), (256, 64), (400, 200)])
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1000, 8017])
+def test_fast_stft_is_scipys_short_time_fft(frame, hop, n):
+    c = SpectrogramConfig(frame=frame, hop=hop)
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    X = stft(x, c)
+    np.testing.assert_allclose(istft(X, c, n), x, atol=2e-6)
+    if n >= frame // 2:  # ShortTimeFFT takes signals of at least half a frame
+        t = c.transform()
+        S = t.stft(x.astype(np.float64)).T
+        assert X.shape == S.shape
+        np.testing.assert_allclose(X, S, atol=1e-4 * np.abs(S).max())
+        np.testing.assert_allclose(istft(X, c, n), t.istft(S.T, k1=n), atol=2e-6)
+
+
+def test_frame_features_put_neighbours_side_by_side():
+    m = np.arange(12, dtype=np.float32).reshape(4, 3)
+    f = frame_features(m, 1)
+    assert f.shape == (4, 9)
+    np.testing.assert_array_equal(f[1], np.concatenate([m[0], m[1], m[2]]))
+    np.testing.assert_array_equal(f[0], np.concatenate([m[0], m[0], m[1]]))  # repeated edge
+    np.testing.assert_array_equal(f[3], np.concatenate([m[2], m[3], m[3]]))
+    np.testing.assert_array_equal(frame_features(m, 0), m)
+
+
+def test_ideal_binary_mask_and_its_local_criterion():
+    s = np.array([[1.0, 2.0, 0.5]])
+    n = np.array([[1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(ideal_binary_mask(s, n), [[0, 1, 0]])  # |S| > |N|, strictly
+    np.testing.assert_array_equal(ideal_binary_mask(s, n, lc_db=-6.1), [[1, 1, 1]])
+    np.testing.assert_array_equal(ideal_binary_mask(s, n, lc_db=6.1), [[0, 0, 0]])
+
+
+def test_oracle_mask_resynthesis_removes_most_of_the_noise():
+    c = SpectrogramConfig()
+    s, n = voiced(1.5, 140, 3), noise(1.5, 4, 0.0) * 2
+    X = stft(s + n, c)
+    m = ideal_binary_mask(stft(s, c), stft(n, c))
+    y = istft(apply_mask(X, m), c, s.size)
+    snr_in = 10 * np.log10(power(s) / power(n))
+    snr_out = 10 * np.log10(power(s) / power(y - s))
+    assert snr_out > snr_in + 8
+    assert np.all(apply_mask(X, np.ones_like(m)) == X)
+
+
+def test_mixtures_are_reproducible_exact_and_listed(corpus, tmp_path):
+    speech, noises = corpus
+    voices = {v.name: sorted(v.glob("*.wav")) for v in speech.iterdir()}
+    types = {t.name: sorted(t.glob("*.wav")) for t in noises.iterdir()}
+    audio = AudioCache(RATE)
+    a = draw_mixtures(voices, types, (-5.0, 0.0, 5.0), 12, 7, audio)
+    assert a == draw_mixtures(voices, types, (-5.0, 0.0, 5.0), 12, 7, audio)
+    assert a != draw_mixtures(voices, types, (-5.0, 0.0, 5.0), 12, 8, audio)
+    for spec in a:
+        m = mix(spec, audio)
+        speech_part = m.speech[spec.pad : m.speech.size - spec.pad]
+        snr = 10 * np.log10(power(speech_part) / power(m.noise))
+        assert snr == pytest.approx(spec.snr_db, abs=1e-3)
+        assert m.speech.size == m.noise.size == audio(spec.speech_file).size + 2 * spec.pad
+    (tmp_path / "m.csv").write_text(manifest_csv(a))
+    assert read_manifest(tmp_path / "m.csv") == a
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a mixture manifest"):
+        read_manifest(tmp_path / "bad.csv")
+    grid = grid_mixtures(voices, types, (0.0, 5.0), 2, 0, audio)
+    assert len(grid) == 2 * 2 * 2 * 2  # voices x noise types x SNRs x utterances
+
+
+def test_mixtures_skip_broken_and_silent_files(corpus):
+    speech, noises = corpus
+    (speech / "low" / "empty.wav").write_bytes(b"")
+    sf.write(speech / "low" / "silent.wav", np.zeros(4000, np.float32), RATE)
+    voices = {v.name: sorted(v.glob("*.wav")) for v in speech.iterdir()}
+    types = {t.name: sorted(t.glob("*.wav")) for t in noises.iterdir()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning leaks out of the corpus check
+        specs = draw_mixtures(voices, types, (0.0,), 40, 0, AudioCache(RATE))
+    used = {s.speech_file for s in specs}
+    assert not any(f.endswith(("empty.wav", "silent.wav")) for f in used)
+    only_bad = {"bad": [speech / "low" / "empty.wav"]}
+    with pytest.raises(InputError, match="no usable audio"):
+        draw_mixtures(only_bad, types, (0.0,), 1, 0, AudioCache(RATE))
+
+
+def random_denoiser(context=0, seed=0, hidden=32, engine=None):
+    c = SpectrogramConfig(context=context)
+    rng = np.random.default_rng(seed)
+    n_feat = c.n_bins * c.n_frames_seen
+    b = QuantileBinarizer(2).fit(rng.gamma(1.0, 1.0, (500, n_feat)).astype(np.float32))
+    layers = [
+        BitLayer.from_values(rng.choice([-1, 1], (hidden, 2 * n_feat)), bias=np.ones(hidden)),
+        BitLayer.from_values(rng.choice([-1, 1], (c.n_bins, hidden)), bias=np.ones(c.n_bins)),
+    ]
+    net = BitNetwork(layers, b, "bits", speech_metadata(c, 0.05))
+    return Denoiser(net, engine)
+
+
+def test_denoiser_keeps_length_and_guards_its_input():
+    d = random_denoiser(context=1)
+    x = voiced(1.3, 150, 0) + noise(1.3, 2)
+    y = d(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    with pytest.warns(UserWarning, match="silent"):
+        assert not np.any(d(np.zeros(1000, np.float32)))
+    with pytest.raises(InputError, match="NaN"):
+        d(np.array([0.1, np.nan, 0.2], np.float32))
+    with pytest.raises(InputError, match="mono"):
+        d(np.zeros((2, 100), np.float32))
+    classifier = BitNetwork([BitLayer.from_values(np.ones((3, 4)))], output="scores")
+    with pytest.raises(InputError, match="not a denoiser"):
+        Denoiser(classifier)
+
+
+def test_denoiser_level_does_not_move_the_mask():
+    d = random_denoiser()
+    x = voiced(1.0, 150, 0) + noise(1.0, 2)
+    _, m1 = d.mask(x)
+    _, m2 = d.mask(4 * x)
+    assert np.mean(m1 == m2) > 0.999  # up to float rounding at a quantile edge
+
+
+def test_compiled_engine_gives_the_reference_mask_bits():
+    from bitnn.engine.compiled import available_variants
+
+    x = voiced(1.0, 150, 0) + noise(1.0, 2)
+    ref = random_denoiser(context=1, engine="reference").mask(x)[1]
+    assert available_variants(), "the compiled kernels are not built"
+    for name in available_variants():
+        np.testing.assert_array_equal(random_denoiser(context=1, engine=name).mask(x)[1], ref)
+
+
+def test_features_use_the_normalised_level():
+    c = SpectrogramConfig()
+    x = voiced(1.0, 150, 0)
+    X1, f1 = mixture_features(x, c, 0.05)
+    X2, f2 = mixture_features(10 * x, c, 0.05)
+    np.testing.assert_allclose(f1, f2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.abs(X2), 10 * np.abs(X1), rtol=1e-4, atol=1e-5)
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path):
+    from bitnn.speech.training import CheckpointNetwork, denoising_data, train_denoiser
+    from bitnn.train.trainer import TrainConfig
+
+    speech, noises = corpus
+    data = denoising_data(speech, noises, n_mixtures=30, context=1, seed=3)
+    assert len(data.val) == 1 and data.spectrogram.context == 1
+    cfg = TrainConfig(
+        hidden=(64,), bias_kind="threshold", epochs_round1=4, epochs_round2=4, batch_size=32,
+        keep="last", seed=1,
+    )  # fmt: skip
+    ckpt = tmp_path / "d.ckpt"
+    net = train_denoiser(
+        data.train, data.val, cfg, QuantileBinarizer(2), data.spectrogram, checkpoint_path=ckpt
+    )
+    assert net.output == "bits" and net.n_outputs == 257 and net.n_inputs == 2 * 3 * 257
+    save_model(net, tmp_path / "d.bnn")
+    d = Denoiser(load_model(tmp_path / "d.bnn"))
+    x = voiced(1.2, 130, 9) + noise(1.2, 9)
+    _, feats = mixture_features(x, d.config, d.level_rms)
+    # The deployed bits are the PyTorch round-2 module's bits, for every frame.
+    np.testing.assert_array_equal(d.mask(x)[1], CheckpointNetwork(ckpt, 2).predict(feats))
+    assert CheckpointNetwork(ckpt, 1).predict(feats).shape == (feats.shape[0], 257)
+    # It learned: on its training frames it finds most speech bins and keeps most noise out.
+    from bitnn.speech.denoise import training_examples
+    from bitnn.speech.mixtures import iter_mixtures
+
+    X, Y = training_examples(iter_mixtures(data.train, AudioCache(RATE)), d.config, d.level_rms)
+    P = load_model(tmp_path / "d.bnn").predict(X)
+    assert P[Y == 1].mean() > 0.5 and P[Y == 0].mean() < 0.1
+
+
+def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, capsys):
+    from bitnn.cli import main
+
+    speech, noises = corpus
+    model = tmp_path / "den.bnn"
+    base = ["train-denoiser", "-o", str(model), "--speech", str(speech), "--noise", str(noises)]
+    small = ["--mixtures", "20", "--hidden", "32", "--epochs1", "1", "--epochs2", "1"]
+    assert main(base + small + ["--preset", "paper"]) == 0
+    assert (tmp_path / "den.bnn.mixtures.csv").exists()
+    first = load_model(model)
+    assert main([*base, "--mixtures", "20", "--context", "0", "--resume", "--force"]) == 0
+    again = load_model(model)  # a finished run resumed is the same model
+    for a, b in zip(first.layers, again.layers, strict=True):
+        np.testing.assert_array_equal(a.weight, b.weight)
+        np.testing.assert_array_equal(a.threshold, b.threshold)
+    assert main([*base, "--mixtures", "21", "--context", "0", "--resume", "--force"]) == 2
+    assert "differ" in capsys.readouterr().err
+    # Denoise a stereo 16 kHz recording: downmixed and resampled, with notes.
+    x = np.stack([voiced(1.0, 150, 1), voiced(1.0, 150, 1)], 1) + noise(2.0, 3)[:, None][::2]
+    src = tmp_path / "noisy.wav"
+    sf.write(src, np.repeat(x, 2, axis=0), 16000)
+    out = tmp_path / "clean.wav"
+    assert main(["denoise", str(model), str(src), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert (
+        "downmixed 2 channels" in captured.err and "resampled 16000 Hz -> 8000 Hz" in captured.err
+    )
+    assert "faster than real time" in captured.out
+    y, rate = sf.read(out)
+    assert rate == 8000 and y.shape == (8000,)  # 1 s
+    assert main(["denoise", str(model), str(src), "-o", str(out)]) == 2  # no silent overwrite
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "text.wav").write_text("not audio")
+    assert (
+        main(["denoise", str(model), str(tmp_path / "text.wav"), "-o", str(tmp_path / "o.wav")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "o.wav").exists()
+    import subprocess
+    import sys
+
+    code = (  # deployment needs no PyTorch: denoising a file must not import it
+        "import sys; from bitnn.cli import main; "
+        f"main(['denoise', {str(model)!r}, {str(src)!r}, '-o', {str(tmp_path / 'n.wav')!r}]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    classifier = tmp_path / "cls.bnn"
+    save_model(BitNetwork([BitLayer.from_values(np.ones((3, 4)))]), classifier)
+    assert main(["denoise", str(classifier), str(src), "-o", str(tmp_path / "o.wav")]) == 2
+    assert "not a denoiser" in capsys.readouterr().err
