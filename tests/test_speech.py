@@ -144,8 +144,10 @@ def test_mixtures_are_reproducible_exact_and_listed(corpus, tmp_path):
         snr = 10 * np.log10(power(speech_part) / power(m.noise))
         assert snr == pytest.approx(spec.snr_db, abs=1e-3)
         assert m.speech.size == m.noise.size == audio(spec.speech_file).size + 2 * spec.pad
-    (tmp_path / "m.csv").write_text(manifest_csv(a))
-    assert read_manifest(tmp_path / "m.csv") == a
+    (tmp_path / "m.csv").write_text(manifest_csv({"train": a, "val": a[:2]}))
+    assert read_manifest(tmp_path / "m.csv") == {"train": a, "val": a[:2]}
+    with pytest.raises(InputError, match="drawn at 8000 Hz"):
+        mix(a[0], AudioCache(16000))
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="not a mixture manifest"):
         read_manifest(tmp_path / "bad.csv")
@@ -216,6 +218,41 @@ def test_compiled_engine_gives_the_reference_mask_bits():
         np.testing.assert_array_equal(random_denoiser(context=1, engine=name).mask(x)[1], ref)
 
 
+def test_floor_relative_features_ignore_level_and_follow_each_bin():
+    from bitnn.speech.spectra import FLOOR_BLOCK_FRAMES, FLOOR_EPS, relative_to_floor
+
+    c = SpectrogramConfig(floor_percentile=20.0)
+    x = voiced(2.0, 150, 0) + noise(2.0, 1)
+    _, f1 = mixture_features(x, c, 0.05)
+    _, f2 = mixture_features(0.1 * x, c, 0.05)
+    np.testing.assert_allclose(f1, f2, rtol=1e-4, atol=1e-4)
+    m = np.abs(np.random.default_rng(0).standard_normal((100, 3))).astype(np.float32)
+    m[:, 1] *= 50  # a loud bin is as loud as ever relative to its own floor
+    r = relative_to_floor(m, 20.0)
+    np.testing.assert_allclose(np.percentile(r, 20, axis=0)[[0, 2]], 1.0, rtol=0.05)
+    assert np.percentile(r[:, 1], 20) == pytest.approx(1.0, rel=0.01)
+    # Long recordings: each block of frames has its own floor (a noise that changes).
+    n = int(FLOOR_BLOCK_FRAMES * 2.2)
+    long = np.ones((n, 1), np.float32)
+    long[FLOOR_BLOCK_FRAMES:] = 10.0
+    r = relative_to_floor(long, 20.0)
+    np.testing.assert_allclose(
+        r[[0, FLOOR_BLOCK_FRAMES, n - 1]].ravel(),
+        1 / (1 + FLOOR_EPS * np.array([1, 0.1, 0.1])),
+        rtol=1e-5,
+    )
+
+
+def test_spectrogram_settings_are_checked_when_made():
+    for bad in ({"window": "nope"}, {"frame": 500, "hop": 128}, {"context": 1.5}):
+        with pytest.raises(InputError):
+            SpectrogramConfig(**bad)
+    with pytest.raises(InputError, match="mapping"):
+        SpectrogramConfig.from_json([512])
+    with pytest.raises(InputError, match="invalid spectrogram"):
+        SpectrogramConfig.from_json({"frames": 512})
+
+
 def test_features_use_the_normalised_level():
     c = SpectrogramConfig()
     x = voiced(1.0, 150, 0)
@@ -240,9 +277,7 @@ def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path)
         keep="last", seed=1,
     )  # fmt: skip
     ckpt = tmp_path / "d.ckpt"
-    net = train_denoiser(
-        data.train, data.val, cfg, QuantileBinarizer(2), data.spectrogram, checkpoint_path=ckpt
-    )
+    net = train_denoiser(data, cfg, QuantileBinarizer(2), checkpoint_path=ckpt)
     assert net.output == "bits" and net.n_outputs == 257 and net.n_inputs == 2 * 3 * 257
     save_model(net, tmp_path / "d.bnn")
     d = Denoiser(load_model(tmp_path / "d.bnn"))
@@ -268,15 +303,30 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     base = ["train-denoiser", "-o", str(model), "--speech", str(speech), "--noise", str(noises)]
     small = ["--mixtures", "20", "--hidden", "32", "--epochs1", "1", "--epochs2", "1"]
     assert main(base + small + ["--preset", "paper"]) == 0
+    best = tmp_path / "best.bnn"
+    assert main([*base[:2], str(best), *base[3:], *small]) == 0  # the default preset: best
+    sp = load_model(best).metadata["speech"]
+    assert sp["spectrogram"]["context"] == 1 and sp["spectrogram"]["floor_percentile"] == 20
+    assert sp["data_options"]["mixtures"] == 20
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
-    assert main([*base, "--mixtures", "20", "--context", "0", "--resume", "--force"]) == 0
+    assert main([*base, "--resume", "--force"]) == 0  # the data options come from the run
     again = load_model(model)  # a finished run resumed is the same model
+    assert "resumed_with" in again.metadata
     for a, b in zip(first.layers, again.layers, strict=True):
         np.testing.assert_array_equal(a.weight, b.weight)
         np.testing.assert_array_equal(a.threshold, b.threshold)
-    assert main([*base, "--mixtures", "21", "--context", "0", "--resume", "--force"]) == 2
-    assert "differ" in capsys.readouterr().err
+    manifest = (tmp_path / "den.bnn.mixtures.csv").read_text()
+    assert main([*base, "--mixtures", "21", "--resume", "--force"]) == 2
+    assert "--mixtures 21 differs" in capsys.readouterr().err
+    assert (tmp_path / "den.bnn.mixtures.csv").read_text() == manifest  # untouched
+    assert load_model(model).metadata["command"].startswith("bitnn train-denoiser")
+    assert main([*base, "--context", "2", "--resume", "--force"]) == 2
+    assert "--context 2 differs" in capsys.readouterr().err
+    lost = ["train-denoiser", "-o", str(tmp_path / "x.bnn"), "--speech", str(tmp_path / "nowhere")]
+    assert main([*lost, "--noise", str(noises), "--mixtures", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and err.count("\n") == 1
     # Denoise a stereo 16 kHz recording: downmixed and resampled, with notes.
     x = np.stack([voiced(1.0, 150, 1), voiced(1.0, 150, 1)], 1) + noise(2.0, 3)[:, None][::2]
     src = tmp_path / "noisy.wav"
@@ -292,21 +342,26 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert rate == 8000 and y.shape == (8000,)  # 1 s
     assert main(["denoise", str(model), str(src), "-o", str(out)]) == 2  # no silent overwrite
     assert "already exists" in capsys.readouterr().err
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(4000, np.float32), RATE)
+    assert main(["denoise", str(model), str(silent), "-o", str(tmp_path / "s.wav")]) == 0
+    err = capsys.readouterr().err
+    assert "bitnn: warning:" in err and "silent" in err and ".py:" not in err
     (tmp_path / "text.wav").write_text("not audio")
     assert (
         main(["denoise", str(model), str(tmp_path / "text.wav"), "-o", str(tmp_path / "o.wav")])
         == 2
     )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("bitnn: error:") and err.count("\n") == 1
     assert not (tmp_path / "o.wav").exists()
     import subprocess
     import sys
 
     code = (  # deployment needs no PyTorch: denoising a file must not import it
         "import sys; from bitnn.cli import main; "
-        f"main(['denoise', {str(model)!r}, {str(src)!r}, '-o', {str(tmp_path / 'n.wav')!r}]); "
-        "assert 'torch' not in sys.modules, 'torch was imported'"
+        f"rc = main(['denoise', {str(model)!r}, {str(src)!r}, '-o', {str(tmp_path / 'n.wav')!r}]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     classifier = tmp_path / "cls.bnn"

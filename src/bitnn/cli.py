@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     speech = net.metadata.get("speech")
     if isinstance(speech, dict) and isinstance(speech.get("spectrogram"), dict):
         sp = speech["spectrogram"]
+        floor = sp.get("floor_percentile")
         print(
             f"denoiser     {sp.get('rate')} Hz, {sp.get('window')} STFT of {sp.get('frame')} "
-            f"samples, hop {sp.get('hop')}; sees {2 * sp.get('context', 0) + 1} frame(s); "
-            "outputs a binary mask per frame"
+            f"samples, hop {sp.get('hop')}; sees {sp.get('context')} frame(s) on each side"
+            + (f"; magnitudes relative to their bin's {floor:g}th percentile" if floor else "")
+            + "; outputs a binary mask per frame"
         )
     if "command" in net.metadata:
         print(f"trained with {net.metadata['command']}")
@@ -246,19 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bitnn.data.files import load_xy
     from bitnn.train.trainer import train_network
 
-    output = Path(args.output)
-    checkpoint = (
-        Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
-    )
-    if args.resume:
-        given = [flag for flag, name, _, _ in _TRAIN_OPTIONS if getattr(args, name) is not None]
-        given += ["--preset"] * bool(args.preset) + ["--binarizer"] * bool(args.binarizer)
-        if given:
-            raise InputError(
-                f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}"
-            )
-    if output.exists() and not args.force:
-        raise InputError(f"{output} already exists; choose another --output or pass --force")
+    output, checkpoint = _training_paths(args)
     dataset = _dataset_name(args)
     # Settings first: a conflict is reported before any data is read.
     config, spec = (None, None) if args.resume else _config_from_args(args, dataset)
@@ -384,10 +375,22 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_denoiser(args: argparse.Namespace) -> int:
-    from bitnn.binarize import binarizer_from_spec
-    from bitnn.speech.training import denoising_data, train_denoiser
+# train-denoiser's data options: flag, argparse name, the value a first run takes by default.
+_DENOISER_DATA = [
+    ("--speech", "speech", None),
+    ("--noise", "noise", None),
+    ("--timit", "timit", False),
+    ("--mixtures", "mixtures", None),
+    ("--snr", "snr", "-5,0,5"),
+    ("--data-seed", "data_seed", 0),
+    ("--context", "context", None),
+    ("--floor-percentile", "floor_percentile", None),
+    ("--lc-db", "lc_db", 0.0),
+]
 
+
+def _training_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(model, checkpoint) paths of a training command, after its common checks."""
     output = Path(args.output)
     checkpoint = (
         Path(args.checkpoint) if args.checkpoint else output.with_name(output.name + ".ckpt")
@@ -398,44 +401,75 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         if given:
             raise InputError(
                 f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}"
-                " (give the same data options as the first run)"
             )
     if output.exists() and not args.force:
         raise InputError(f"{output} already exists; choose another --output or pass --force")
-    if not args.resume:
+    return output, checkpoint
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from bitnn.binarize import binarizer_from_spec
+    from bitnn.speech.training import denoising_data, train_denoiser
+
+    output, checkpoint = _training_paths(args)
+    data_options = {name: getattr(args, name) for _, name, _ in _DENOISER_DATA}
+    if args.resume:  # the data and spectrogram the run started with (its checkpoint keeps them)
+        from bitnn.train.trainer import read_checkpoint
+
+        speech = read_checkpoint(checkpoint)[1].get("metadata", {}).get("speech", {})
+        started = speech.get("data_options", {})
+        for flag, name, _ in _DENOISER_DATA:
+            given = data_options[name]
+            if given is not None and name in started and given != started[name]:
+                raise InputError(
+                    f"{flag} {given} differs from the run being resumed ({started[name]}); "
+                    "drop it to resume with the run's own data"
+                )
+            if given is None:
+                data_options[name] = started.get(name)
+        config, binarizer = None, None
+    else:
         args.preset = args.preset or "best"
-    config, spec = (None, None) if args.resume else _config_from_args(args, "denoise")
-    binarizer = None if args.resume else binarizer_from_spec(spec)
+        config, spec = _config_from_args(args, "denoise")  # conflicts before data is read
+        binarizer = binarizer_from_spec(spec)
+    for _, name, default in _DENOISER_DATA:
+        if data_options[name] is None:
+            data_options[name] = default
     data = denoising_data(
-        speech=args.speech,
-        noise=args.noise,
-        timit=args.timit,
-        n_mixtures=args.mixtures,
-        snrs_db=args.snr,
-        seed=args.data_seed,
-        context=args.context,
+        speech=data_options["speech"],
+        noise=data_options["noise"],
+        timit=data_options["timit"],
+        n_mixtures=data_options["mixtures"],
+        snrs_db=data_options["snr"],
+        seed=data_options["data_seed"],
+        context=data_options["context"],
+        floor_percentile=data_options["floor_percentile"],
         preset=args.preset,
     )
-    manifest = output.with_name(output.name + ".mixtures.csv")
-    from bitnn.io import atomic_write_bytes
-    from bitnn.speech.mixtures import manifest_csv
-
-    atomic_write_bytes(manifest, manifest_csv(data.train + data.val).encode())
-    print(f"mixtures listed in {manifest}", file=sys.stderr)
+    data_options["context"] = data.spectrogram.context  # as the preset resolved them
+    data_options["floor_percentile"] = data.spectrogram.floor_percentile
+    data_options["mixtures"] = len(data.train)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
     net = train_denoiser(
-        data.train,
-        data.val,
+        data,
         config,
         binarizer,
-        data.spectrogram,
-        lc_db=args.lc_db,
+        lc_db=data_options["lc_db"],
         checkpoint_path=checkpoint,
         resume=args.resume,
         metadata={"command": command, "bitnn_version": __version__},
+        data_options=data_options,
     )
     size = save_model(net, output)
-    print(f"saved {output} ({_fmt_bytes(size)}); training checkpoint kept at {checkpoint}")
+    from bitnn.io import atomic_write_bytes
+    from bitnn.speech.mixtures import manifest_csv
+
+    manifest = output.with_name(output.name + ".mixtures.csv")
+    atomic_write_bytes(manifest, manifest_csv({"train": data.train, "val": data.val}).encode())
+    print(
+        f"saved {output} ({_fmt_bytes(size)}) and its mixtures' manifest {manifest}; training "
+        f"checkpoint kept at {checkpoint}"
+    )
     return 0
 
 
@@ -509,17 +543,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with one sub-folder of recordings per speaker "
         "(default: the protocol's training voices from `bitnn fetch speech`)",
     )
-    s.add_argument("--timit", action="store_true", help="--speech is in TIMIT's layout")
+    s.add_argument(
+        "--timit", action="store_true", default=None, help="--speech is in TIMIT's layout"
+    )
     s.add_argument(
         "--noise",
         help="folder with one sub-folder of recordings per noise type "
         "(default: the protocol's four training noise types)",
     )
     s.add_argument("--mixtures", type=int, default=None, help="training mixtures to draw")
-    s.add_argument("--snr", default="-5,0,5", help="SNRs in dB to draw from (-5,0,5)")
-    s.add_argument("--data-seed", type=int, default=0, help="seed of the mixtures")
+    s.add_argument("--snr", default=None, help="SNRs in dB to draw from (-5,0,5)")
+    s.add_argument("--data-seed", type=int, default=None, help="seed of the mixtures (0)")
     s.add_argument("--context", type=int, default=None, help="frames seen on each side")
-    s.add_argument("--lc-db", type=float, default=0.0, help="IBM local SNR criterion (0 dB)")
+    s.add_argument(
+        "--floor-percentile",
+        type=float,
+        default=None,
+        help="magnitudes relative to this percentile of their bin (0: off; best: 20)",
+    )
+    s.add_argument("--lc-db", type=float, default=None, help="IBM local SNR criterion (0 dB)")
     s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
@@ -536,10 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach a CLI user as one line each, without Python's file and line."""
+    print(f"bitnn: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except BitnnError as exc:
@@ -548,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"bitnn: {exc}", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file system refusal bitnn did not foresee: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bitnn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -85,8 +85,15 @@ class Denoiser:
                 "this model is not a denoiser (it has no speech settings and bit outputs); "
                 "train one with `bitnn train-denoiser`"
             )
-        self.config = SpectrogramConfig.from_json(meta["spectrogram"])
-        self.level_rms = float(meta["level_rms"])
+        try:
+            self.config = SpectrogramConfig.from_json(meta["spectrogram"])
+            self.level_rms = float(meta["level_rms"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(
+                "the model's speech settings are incomplete; retrain it or download it again"
+            ) from None
+        if not (np.isfinite(self.level_rms) and self.level_rms > 0):
+            raise InputError("the model's input level must be a positive number; retrain it")
         n_in = self.network.binarizer.n_features_in_ if self.network.binarizer else None
         if self.network.n_outputs != self.config.n_bins or n_in != (
             self.config.n_bins * self.config.n_frames_seen

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bitnn.errors import InputError
+
 DITHER = 1e-8
 
 
@@ -29,7 +31,7 @@ def separation_metrics(
     n = np.asarray(noise, dtype=np.float64)
     e = np.asarray(estimate, dtype=np.float64)
     if not (s.shape == n.shape == e.shape) or s.ndim != 1:
-        raise ValueError("speech, noise and estimate must be 1-D signals of one length")
+        raise InputError("speech, noise and estimate must be 1-D signals of one length")
     dither = DITHER * np.random.default_rng(0).standard_normal((2, s.size))
     estimates = np.stack([e, (s + n) - e]) + dither
     with warnings.catch_warnings():  # mir_eval 0.8 warns that bss_eval_sources leaves in 0.9

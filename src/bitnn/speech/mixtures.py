@@ -1,10 +1,11 @@
 """Noisy mixtures of speech and noise, reproducible from a seed and listed in a manifest.
 
-A mixture is one speech utterance with ``pad`` seconds of silence before and after, plus a
-segment of one noise recording (from a seeded offset, looped if too short) scaled so that the
-speech-to-noise power ratio over the utterance is ``snr_db``. A manifest row names the speech
-file, the noise file, the offset, the SNR and the noise gain, so every mixture can be rebuilt
-from the files alone.
+A mixture is one speech utterance with ``pad`` samples of silence before and after, plus a
+segment of one noise recording (from a seeded offset, looped if too short) scaled so that
+``snr_db = 10 log10(P_speech / P_noise)``, with the speech power taken over the utterance and
+the noise power over the whole mixture (utterance and pads). A manifest row names the set
+(train, val, test...), the voice, the speech file, the noise type and file, the offset, the
+SNR, the rate and the pad, so every mixture can be rebuilt from the files alone.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class Mixture:
     spec: MixtureSpec
     speech: np.ndarray  # float32, the padded clean utterance
     noise: np.ndarray  # float32, scaled noise of the same length
-    noise_gain: float
 
     @property
     def mixture(self) -> np.ndarray:
@@ -84,6 +84,11 @@ def power(x: np.ndarray) -> float:
 
 def mix(spec: MixtureSpec, audio: AudioCache) -> Mixture:
     """Build the mixture a manifest row describes."""
+    if spec.rate != audio.rate:
+        raise InputError(
+            f"this mixture was drawn at {spec.rate} Hz, not {audio.rate} Hz: its offsets and "
+            "pads would be wrong; read it at its own rate"
+        )
     s = audio(spec.speech_file)
     s = np.pad(s, (spec.pad, spec.pad))
     n_all = audio(spec.noise_file)
@@ -94,8 +99,14 @@ def mix(spec: MixtureSpec, audio: AudioCache) -> Mixture:
     ps = power(s[spec.pad : s.size - spec.pad])
     if not ps > 0.0:
         raise InputError(f"speech file {spec.speech_file} is silent; remove it from the corpus")
-    gain = float(np.sqrt(ps / (power(n) * 10.0 ** (spec.snr_db / 10.0))))
-    return Mixture(spec, s.astype(np.float32), (n * gain).astype(np.float32), gain)
+    pn = power(n)
+    if not pn > 0.0:
+        raise InputError(
+            f"noise file {spec.noise_file} is silent from sample {spec.noise_offset} on; trim "
+            "its silence or leave it out"
+        )
+    gain = float(np.sqrt(ps / (pn * 10.0 ** (spec.snr_db / 10.0))))
+    return Mixture(spec, s.astype(np.float32), (n * gain).astype(np.float32))
 
 
 def _usable(groups: dict[str, Sequence[Path]], audio: AudioCache) -> dict[str, list[Path]]:
@@ -183,24 +194,32 @@ def grid_mixtures(
     return specs
 
 
-def iter_mixtures(specs: Sequence[MixtureSpec], audio: AudioCache) -> Iterator[Mixture]:
-    for spec in specs:
+def iter_mixtures(
+    specs: Sequence[MixtureSpec], audio: AudioCache, label: str = ""
+) -> Iterator[Mixture]:
+    """The mixtures, built one by one; with a ``label``, a log line every 1,000."""
+    for i, spec in enumerate(specs):
+        if label and i and i % 1000 == 0:
+            log(f"{label}: {i:,} of {len(specs):,} mixtures")
         yield mix(spec, audio)
 
 
-_COLUMNS = [f.name for f in fields(MixtureSpec)]
+_COLUMNS = ["set", *(f.name for f in fields(MixtureSpec))]
 
 
-def manifest_csv(specs: Sequence[MixtureSpec]) -> str:
+def manifest_csv(sets: dict[str, Sequence[MixtureSpec]]) -> str:
+    """A manifest of named sets of mixtures (column ``set``), as CSV text."""
     out = io.StringIO()
     w = csv.DictWriter(out, _COLUMNS, lineterminator="\n")
     w.writeheader()
-    for s in specs:
-        w.writerow(asdict(s))
+    for name, specs in sets.items():
+        for s in specs:
+            w.writerow({"set": name, **asdict(s)})
     return out.getvalue()
 
 
-def read_manifest(path: str | Path) -> list[MixtureSpec]:
+def read_manifest(path: str | Path) -> dict[str, list[MixtureSpec]]:
+    """The named sets of mixtures of a manifest written by :func:`manifest_csv`."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -208,19 +227,21 @@ def read_manifest(path: str | Path) -> list[MixtureSpec]:
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or set(rows[0]) != set(_COLUMNS):
         raise InputError(f"{path} is not a mixture manifest (columns {', '.join(_COLUMNS)})")
+    sets: dict[str, list[MixtureSpec]] = {}
     try:
-        return [
-            MixtureSpec(
-                r["voice"],
-                r["speech_file"],
-                r["noise_type"],
-                r["noise_file"],
-                int(r["noise_offset"]),
-                float(r["snr_db"]),
-                int(r["rate"]),
-                int(r["pad"]),
+        for r in rows:
+            sets.setdefault(r["set"], []).append(
+                MixtureSpec(
+                    r["voice"],
+                    r["speech_file"],
+                    r["noise_type"],
+                    r["noise_file"],
+                    int(r["noise_offset"]),
+                    float(r["snr_db"]),
+                    int(r["rate"]),
+                    int(r["pad"]),
+                )
             )
-            for r in rows
-        ]
     except ValueError as exc:
         raise InputError(f"{path}: a manifest row has a bad number ({exc})") from None
+    return sets

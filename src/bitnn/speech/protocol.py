@@ -36,7 +36,7 @@ TEST_VOICES = ("carlo", "june", "fillets-m", "fsdd-theo")
 TRAIN_NOISES = ("traffic", "crowd", "water", "industry")
 TEST_NOISES = ("pub", "applause")
 SNRS_DB = (-5.0, 0.0, 5.0)
-N_TRAIN = 4000  # training mixtures
+N_TRAIN = 6000  # training mixtures (about 760,000 frames)
 TEST_PER_CELL = 5  # test utterances per (voice, noise type, SNR)
 
 

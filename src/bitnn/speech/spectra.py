@@ -20,6 +20,7 @@ An Ideal Binary Mask keeps a bin where speech dominates noise:
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,12 +47,23 @@ class SpectrogramConfig:
     floor_percentile: float = 0.0
 
     def __post_init__(self) -> None:
+        ints = (self.rate, self.frame, self.hop, self.context)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+            raise InputError(f"rate, frame, hop and context must be whole numbers, got {ints}")
         if self.rate < 1000 or self.frame < 16 or not 0 < self.hop <= self.frame // 2:
             raise InputError(
                 "spectrogram needs rate >= 1000 Hz, frame >= 16 and 0 < hop <= frame / 2"
             )
+        if self.frame % 2 or self.frame % self.hop:
+            raise InputError(
+                f"frame ({self.frame}) must be even and a whole multiple of hop ({self.hop})"
+            )
         if not 0 <= self.context <= 8:
             raise InputError(f"context must be 0..8 frames, got {self.context}")
+        try:
+            get_window(self.window, self.frame, fftbins=True)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"unknown window {self.window!r} ({exc})") from None
         if not 0 <= self.floor_percentile < 100:
             raise InputError(f"floor_percentile must be in [0, 100), got {self.floor_percentile}")
 
@@ -68,6 +80,8 @@ class SpectrogramConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SpectrogramConfig:
+        if not isinstance(d, dict):
+            raise InputError(f"spectrogram settings must be a mapping, got {d!r}")
         try:
             return cls(**d)
         except TypeError as exc:
@@ -126,8 +140,6 @@ class _Geometry:
 
 
 def _geometry(config: SpectrogramConfig, n_samples: int) -> _Geometry:
-    if config.frame % config.hop or config.frame % 2:
-        raise InputError("frame must be even and a whole multiple of hop")
     t = _transform(config)
     # Signals shorter than half a frame get the frames of one that long (zeros beyond).
     n_frames = t.p_max(max(n_samples, config.frame // 2)) - t.p_min
@@ -148,12 +160,24 @@ def _windows(config: SpectrogramConfig) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 FLOOR_EPS = 1e-3  # added to floors: a digitally silent bin does not divide by zero
+# Floors are estimated per block of this many frames (96 s at the default hop), so they follow
+# a noise that changes over a long recording; a last block under half this size joins the
+# one before. Every training mixture of the released model is shorter than one block.
+FLOOR_BLOCK_FRAMES = 6000
 
 
 def relative_to_floor(magnitude: np.ndarray, percentile: float) -> np.ndarray:
-    """Each bin's magnitudes divided by that bin's ``percentile``-th value over all frames."""
-    floor = np.percentile(magnitude, percentile, axis=0).astype(np.float32) + FLOOR_EPS
-    return magnitude / floor
+    """Each bin's magnitudes divided by that bin's ``percentile``-th value (plus
+    ``FLOOR_EPS``) over the frames of its block (see ``FLOOR_BLOCK_FRAMES``)."""
+    n = magnitude.shape[0]
+    bounds = [*range(0, n, FLOOR_BLOCK_FRAMES), n]
+    if len(bounds) > 2 and n - bounds[-2] < FLOOR_BLOCK_FRAMES // 2:
+        del bounds[-2]
+    out = np.empty_like(magnitude)
+    for a, b in itertools.pairwise(bounds):
+        floor = np.percentile(magnitude[a:b], percentile, axis=0).astype(np.float32)
+        out[a:b] = magnitude[a:b] / (floor + FLOOR_EPS)
+    return out
 
 
 def frame_features(magnitude: np.ndarray, context: int) -> np.ndarray:

@@ -22,21 +22,29 @@ from bitnn.binarize import Binarizer
 from bitnn.errors import InputError
 from bitnn.network import BitNetwork
 from bitnn.progress import log
-from bitnn.speech.denoise import speech_metadata, training_examples
+from bitnn.speech.denoise import DEFAULT_LEVEL_RMS, speech_metadata, training_examples
 from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_mixtures
 from bitnn.speech.spectra import SpectrogramConfig
 from bitnn.train.layers import BitMLP
 from bitnn.train.trainer import TrainConfig, read_checkpoint, to_bipolar, train_network
 
-# Frames of context on each side, per preset (the paper's network sees one frame).
-PRESET_CONTEXT = {"paper": 0, "best": 1}
+# Spectrogram settings per preset: the paper's network sees one frame of plain magnitudes;
+# "best" sees three, each bin relative to its noise floor (chosen on held-out voices and a
+# held-out noise type: docs/results/denoise.md).
+PRESET_SPECTROGRAM: dict[str, dict[str, float]] = {
+    "paper": {"context": 0, "floor_percentile": 0.0},
+    "best": {"context": 1, "floor_percentile": 20.0},
+}
 
 
 @dataclass
 class DenoisingData:
+    """Mixtures to learn from, how they become frames, and the decoded recordings."""
+
     train: list[MixtureSpec]
     val: list[MixtureSpec]
     spectrogram: SpectrogramConfig
+    audio: AudioCache
 
 
 def parse_snrs(text: str) -> tuple[float, ...]:
@@ -58,6 +66,7 @@ def denoising_data(
     snrs_db: str | Sequence[float] = "-5,0,5",
     seed: int = 0,
     context: int | None = None,
+    floor_percentile: float | None = None,
     preset: str | None = None,
     rate: int = 8000,
 ) -> DenoisingData:
@@ -67,8 +76,12 @@ def denoising_data(
     from bitnn.data.corpora import noise_folder, speaker_folders, timit_speakers
     from bitnn.speech import protocol
 
-    if context is None:
-        context = PRESET_CONTEXT.get(preset or "", 0)
+    if preset is not None and preset not in PRESET_SPECTROGRAM:
+        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_SPECTROGRAM)}")
+    defaults = PRESET_SPECTROGRAM[preset or "paper"]
+    context = int(defaults["context"]) if context is None else context
+    floor = defaults["floor_percentile"] if floor_percentile is None else floor_percentile
+    spectrogram = SpectrogramConfig(rate=rate, context=context, floor_percentile=floor)
     n = protocol.N_TRAIN if n_mixtures is None else n_mixtures
     if n < 1:
         raise InputError(f"train on at least one mixture, not {n}")
@@ -88,32 +101,40 @@ def denoising_data(
     audio = AudioCache(rate)
     train = draw_mixtures(voices, noises, snrs, n, seed, audio)
     val = draw_mixtures(voices, noises, snrs, max(1, n // 20), seed + 1, audio)
-    return DenoisingData(train, val, SpectrogramConfig(rate=rate, context=context))
+    return DenoisingData(train, val, spectrogram, audio)
 
 
 def train_denoiser(
-    train: Sequence[MixtureSpec],
-    val: Sequence[MixtureSpec] | None,
-    config: TrainConfig,
-    binarizer: Binarizer,
-    spectrogram: SpectrogramConfig | None = None,
+    data: DenoisingData,
+    config: TrainConfig | None,
+    binarizer: Binarizer | None,
     *,
-    level_rms: float = 0.05,
+    level_rms: float = DEFAULT_LEVEL_RMS,
     lc_db: float = 0.0,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
 ) -> BitNetwork:
-    """Train a denoising BitNetwork on the frames of ``train`` (IBM targets, local SNR
-    criterion ``lc_db``); ``val`` frames are measured after every epoch (bit accuracy)."""
-    spectrogram = spectrogram or SpectrogramConfig()
-    audio = AudioCache(spectrogram.rate)
-    X, Y = training_examples(iter_mixtures(train, audio), spectrogram, level_rms, lc_db)
-    log(f"{len(train)} training mixtures: {X.shape[0]:,} frames of {X.shape[1]} magnitudes")
+    """Train a denoising BitNetwork on the frames of ``data.train`` (IBM targets with the
+    local SNR criterion ``lc_db``); ``data.val`` frames are measured after every epoch (bit
+    accuracy). ``data_options`` (how the mixtures were drawn) go to the model's metadata and
+    checkpoint, so that a resumed run can draw the same mixtures. With ``resume=True``,
+    ``config`` and ``binarizer`` come from the checkpoint (pass None)."""
+    spec = data.spectrogram
+    X, Y = training_examples(
+        iter_mixtures(data.train, data.audio, "training frames"), spec, level_rms, lc_db
+    )
+    log(f"{len(data.train)} training mixtures: {X.shape[0]:,} frames of {X.shape[1]} magnitudes")
     X_val = Y_val = None
-    if val:
-        X_val, Y_val = training_examples(iter_mixtures(val, audio), spectrogram, level_rms, lc_db)
-    meta = speech_metadata(spectrogram, level_rms, lc_db=lc_db, n_train_mixtures=len(train))
+    if data.val:
+        X_val, Y_val = training_examples(
+            iter_mixtures(data.val, data.audio), spec, level_rms, lc_db
+        )
+    meta = speech_metadata(
+        spec, level_rms, lc_db=lc_db, n_train_mixtures=len(data.train),
+        data_options=data_options or {},
+    )  # fmt: skip
     return train_network(
         X,
         Y,

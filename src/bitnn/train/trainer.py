@@ -277,6 +277,7 @@ class Trainer:
     fingerprint: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     on_batch: Callable[[Trainer], None] | None = None  # called after every optimizer step
+    metadata: dict[str, Any] = field(default_factory=dict)  # the model's; kept in checkpoints
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -537,6 +538,7 @@ class Trainer:
             "output": self.data.output,
             "n_outputs": self.data.n_outputs,
             "binarizer": None,
+            "metadata": self.metadata,
         }
         if self.binarizer is not None:
             bmeta, arrays = self.binarizer.to_state()
@@ -646,6 +648,14 @@ def train_network(
                 "same data, or start a new run without --resume"
             )
         config = TrainConfig.from_json(description["config"])
+        started = description.get("metadata") or {}
+        if metadata and started.get("command") and metadata.get("command") != started["command"]:
+            # the model keeps the command that started it, and says how it was resumed
+            metadata = {
+                **metadata,
+                "command": started["command"],
+                "resumed_with": metadata["command"],
+            }
         arrays = {
             k.removeprefix("binarizer."): v
             for k, v in tensors.items()
@@ -688,6 +698,7 @@ def train_network(
         Path(checkpoint_path) if checkpoint_path is not None else None,
         fingerprint,
         on_batch=on_batch,
+        metadata=metadata or {},
     )
     if resume:
         trainer.load_checkpoint_state(tensors, description)

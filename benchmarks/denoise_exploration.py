@@ -1,0 +1,93 @@
+"""Choosing the denoising preset without the test set: held-out voices and a held-out noise.
+
+    python benchmarks/denoise_exploration.py --context 1 --floor 20 --dropout 0.2
+
+Trains on the protocol's training voices except ``menardi`` and ``fsdd-yweweler`` and its
+training noise types except ``water``, then measures SDR/SIR/SAR/STOI on 60 mixtures of those
+two voices with water at 0 dB: speakers and a noise type the network never heard, all drawn
+from the training side of the protocol, so the test voices and test noises stay unseen until
+the released model is measured (benchmarks/denoise.py). Prints the bit accuracy and the
+metrics (medians and means) of the BNN, its real-valued twin (round 1 of the same run) and the
+oracle IBM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from bitnn.binarize import QuantileBinarizer
+from bitnn.data.corpora import require_noise_types, require_voices
+from bitnn.speech.denoise import Denoiser, mixture_features
+from bitnn.speech.metrics import separation_metrics
+from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures
+from bitnn.speech.protocol import SNRS_DB, TRAIN_NOISES, TRAIN_VOICES
+from bitnn.speech.spectra import SpectrogramConfig, apply_mask, ideal_binary_mask, istft, stft
+from bitnn.speech.training import CheckpointNetwork, DenoisingData, train_denoiser
+from bitnn.train.trainer import TrainConfig
+
+HELD_OUT_VOICES = ("menardi", "fsdd-yweweler")
+HELD_OUT_NOISE = "water"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mixtures", type=int, default=800)
+    ap.add_argument("--context", type=int, default=1)
+    ap.add_argument("--floor", type=float, default=0.0, help="floor percentile (0: off)")
+    ap.add_argument("--bias-kind", default="threshold")
+    ap.add_argument("--epochs1", type=int, default=3)
+    ap.add_argument("--epochs2", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr1", type=float, default=3e-3)
+    ap.add_argument("--lr2", type=float, default=1e-3)
+    ap.add_argument("--dropout", type=float, default=0.0, help="input and hidden dropout")
+    ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    audio = AudioCache(8000)
+    train_voices = require_voices([v for v in TRAIN_VOICES if v not in HELD_OUT_VOICES])
+    train_noises = require_noise_types([n for n in TRAIN_NOISES if n != HELD_OUT_NOISE])
+    train = draw_mixtures(train_voices, train_noises, SNRS_DB, args.mixtures, 0, audio)
+    val = draw_mixtures(
+        require_voices(HELD_OUT_VOICES), require_noise_types([HELD_OUT_NOISE]), (0.0,), 60, 1,
+        audio,
+    )  # fmt: skip
+    spec = SpectrogramConfig(context=args.context, floor_percentile=args.floor)
+    cfg = TrainConfig(
+        hidden=(2048, 2048), bias_kind=args.bias_kind, output_bias_kind="bias",
+        epochs_round1=args.epochs1, epochs_round2=args.epochs2, batch_size=args.batch_size,
+        lr_round1=args.lr1, lr_round2=args.lr2, dropout_input=args.dropout,
+        dropout_hidden=args.dropout, keep="last",
+    )  # fmt: skip
+    start = time.perf_counter()
+    data = DenoisingData(train, val, spec, audio)
+    net = train_denoiser(data, cfg, QuantileBinarizer(2), checkpoint_path=args.checkpoint)
+    print(f"trained in {time.perf_counter() - start:.0f} s")
+    denoiser, twin = Denoiser(net), CheckpointNetwork(args.checkpoint, 1)
+    rows: dict[str, list[dict[str, float]]] = {"BNN": [], "twin": [], "oracle IBM": []}
+    accuracy = []
+    for m in iter_mixtures(val, audio):
+        X, mask = denoiser.mask(m.mixture)
+        ibm = ideal_binary_mask(stft(m.speech, spec), stft(m.noise, spec))
+        accuracy.append(np.mean(mask == ibm))
+        _, feats = mixture_features(m.mixture, spec, denoiser.level_rms)
+        for name, mk in (("BNN", mask), ("twin", twin.predict(feats)), ("oracle IBM", ibm)):
+            y = istft(apply_mask(X, mk), spec, m.mixture.size)
+            rows[name].append(separation_metrics(m.speech, m.noise, y, 8000))
+    print(f"BNN bit accuracy on held-out mixtures: {np.mean(accuracy):.4f}")
+    for name, r in rows.items():
+        stats = " ".join(
+            f"{k} {np.median([x[k] for x in r]):.2f}/{np.mean([x[k] for x in r]):.2f}"
+            for k in ("sdr", "sir", "sar", "stoi")
+        )
+        print(f"{name:11s} (median/mean) {stats}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
