@@ -117,6 +117,30 @@ def _usable(groups: dict[str, Sequence[Path]], audio: AudioCache) -> dict[str, l
     return out
 
 
+def _spec(
+    rng: np.random.Generator,
+    voice: str,
+    speech_file: Path,
+    noise_type: str,
+    noise_file: Path,
+    snr_db: float,
+    audio: AudioCache,
+    pad_seconds: float,
+) -> MixtureSpec:
+    """A mixture of the chosen files, at a noise offset drawn now."""
+    offset = int(rng.integers(audio(noise_file).size))
+    return MixtureSpec(
+        voice,
+        str(speech_file),
+        noise_type,
+        str(noise_file),
+        offset,
+        float(snr_db),
+        audio.rate,
+        round(pad_seconds * audio.rate),
+    )
+
+
 def draw_mixtures(
     voices: dict[str, Sequence[Path]],
     noises: dict[str, Sequence[Path]],
@@ -141,19 +165,7 @@ def draw_mixtures(
         snr = float(snrs_db[rng.integers(len(snrs_db))])
         sfile = voices[v][rng.integers(len(voices[v]))]
         nfile = noises[t][rng.integers(len(noises[t]))]
-        offset = int(rng.integers(audio(nfile).size))
-        specs.append(
-            MixtureSpec(
-                v,
-                str(sfile),
-                t,
-                str(nfile),
-                offset,
-                snr,
-                audio.rate,
-                round(pad_seconds * audio.rate),
-            )
-        )
+        specs.append(_spec(rng, v, sfile, t, nfile, snr, audio, pad_seconds))
     return specs
 
 
@@ -178,19 +190,7 @@ def grid_mixtures(
                 picks = rng.choice(len(files), size=min(per_cell, len(files)), replace=False)
                 for i in picks:
                     nfile = nfiles[rng.integers(len(nfiles))]
-                    offset = int(rng.integers(audio(nfile).size))
-                    specs.append(
-                        MixtureSpec(
-                            v,
-                            str(files[i]),
-                            t,
-                            str(nfile),
-                            offset,
-                            float(snr),
-                            audio.rate,
-                            round(pad_seconds * audio.rate),
-                        )
-                    )
+                    specs.append(_spec(rng, v, files[i], t, nfile, snr, audio, pad_seconds))
     return specs
 
 
