@@ -106,7 +106,7 @@ def stft(x: np.ndarray, config: SpectrogramConfig) -> np.ndarray:
     padded = np.zeros(g.n_frames * config.hop + config.frame, np.float32)
     padded[g.offset : g.offset + x.size] = x
     frames = sliding_window_view(padded, config.frame)[:: config.hop][: g.n_frames]
-    X = scipy.fft.rfft(frames * g.window, axis=1)
+    X = scipy.fft.rfft(frames * g.window, axis=1, overwrite_x=True)
     X *= g.centre_phase
     return X.astype(np.complex64, copy=False)
 
@@ -121,7 +121,8 @@ def istft(X: np.ndarray, config: SpectrogramConfig, n_samples: int) -> np.ndarra
             f"a spectrum of {n_samples} samples has shape ({g.n_frames}, {config.n_bins}), "
             f"got {X.shape}"
         )
-    frames = scipy.fft.irfft(X * g.centre_phase, n=config.frame, axis=1).astype(np.float32)
+    frames = scipy.fft.irfft(X * g.centre_phase, n=config.frame, axis=1, overwrite_x=True)
+    frames = frames.astype(np.float32, copy=False)
     frames *= g.dual_window
     hop, r = config.hop, config.frame // config.hop
     blocks = np.zeros((g.n_frames + r - 1, hop), np.float32)
