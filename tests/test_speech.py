@@ -368,3 +368,19 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     save_model(BitNetwork([BitLayer.from_values(np.ones((3, 4)))]), classifier)
     assert main(["denoise", str(classifier), str(src), "-o", str(tmp_path / "o.wav")]) == 2
     assert "not a denoiser" in capsys.readouterr().err
+
+
+def test_separation_metrics_follow_the_estimate():
+    from bitnn.speech.metrics import separation_metrics
+
+    s, n = voiced(2.0, 140, 5), noise(2.0, 6, 0.0)
+    n *= np.sqrt(power(s) / power(n))  # 0 dB
+    noisy = separation_metrics(s, n, s + n, RATE)
+    assert noisy["sdr"] == pytest.approx(0.0, abs=0.5)
+    assert noisy["sir"] == pytest.approx(0.0, abs=0.5)
+    better = separation_metrics(s, n, s + 0.1 * n, RATE)
+    assert better["sdr"] == pytest.approx(20.0, abs=1.0) and better["stoi"] > noisy["stoi"]
+    silent = separation_metrics(s, n, np.zeros_like(s), RATE)  # defined thanks to the dither
+    assert np.isfinite(silent["sdr"]) and silent["sdr"] < 0
+    with pytest.raises(InputError, match="one length"):
+        separation_metrics(s, n, s[:-1], RATE)
