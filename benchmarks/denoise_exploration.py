@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from bitnn.binarize import QuantileBinarizer
+from bitnn.data.audio import resample, write_wav
 from bitnn.data.corpora import require_noise_types, require_voices
 from bitnn.speech.denoise import Denoiser, mixture_features
 from bitnn.speech.metrics import separation_metrics
@@ -32,6 +35,24 @@ from bitnn.train.trainer import TrainConfig
 
 HELD_OUT_VOICES = ("menardi", "fsdd-yweweler")
 HELD_OUT_NOISE = "water"
+
+
+def speed_perturbed(
+    noises: dict[str, list[Path]], speeds: str, audio: AudioCache, folder: Path
+) -> dict[str, list[Path]]:
+    """Each noise type plus copies of its files sped up or slowed down (pitch moves too)."""
+    out = {}
+    for kind, files in noises.items():
+        out[kind] = list(files)
+        for f in files:
+            x = audio(f)
+            for speed in (float(v) for v in speeds.split(",")):
+                # read at rate*speed Hz, write at rate Hz: played `speed` times faster
+                y = resample(x, round(audio.rate * speed), audio.rate)
+                path = folder / f"{kind}-{f.stem}-x{speed:g}.wav"
+                write_wav(path, y, audio.rate)
+                out[kind].append(path)
+    return out
 
 
 def main() -> int:
@@ -46,12 +67,21 @@ def main() -> int:
     ap.add_argument("--lr1", type=float, default=3e-3)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--dropout", type=float, default=0.0, help="input and hidden dropout")
+    ap.add_argument(
+        "--noise-speeds",
+        default="",
+        help="also train on copies of every training noise played this much faster or slower, "
+        "e.g. 0.8,0.9,1.1,1.25 (written to a temporary folder)",
+    )
     ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
     args = ap.parse_args()
     torch.manual_seed(0)
     audio = AudioCache(8000)
     train_voices = require_voices([v for v in TRAIN_VOICES if v not in HELD_OUT_VOICES])
     train_noises = require_noise_types([n for n in TRAIN_NOISES if n != HELD_OUT_NOISE])
+    tmp = tempfile.TemporaryDirectory()
+    if args.noise_speeds:
+        train_noises = speed_perturbed(train_noises, args.noise_speeds, audio, Path(tmp.name))
     train = draw_mixtures(train_voices, train_noises, SNRS_DB, args.mixtures, 0, audio)
     val = draw_mixtures(
         require_voices(HELD_OUT_VOICES), require_noise_types([HELD_OUT_NOISE]), (0.0,), 60, 1,

@@ -384,3 +384,5 @@ def test_separation_metrics_follow_the_estimate():
     assert np.isfinite(silent["sdr"]) and silent["sdr"] < 0
     with pytest.raises(InputError, match="one length"):
         separation_metrics(s, n, s[:-1], RATE)
+    short = separation_metrics(s[:2000], n[:2000], s[:2000], RATE)  # 0.25 s: too short
+    assert np.isnan(short["stoi"]) and short["sdr"] > 30
