@@ -218,6 +218,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _nan_to_none(value):
+    """JSON has no NaN: an undefined metric (STOI of a too short utterance) becomes null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -279,7 +290,8 @@ def main() -> int:
     print(text)
     if args.write:
         Path(args.write).write_text(text)
-        Path(args.write).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        strict = json.dumps(_nan_to_none(report), indent=1, allow_nan=False)
+        Path(args.write).with_suffix(".json").write_text(strict + "\n")
     return 0
 
 
