@@ -101,14 +101,12 @@ def run_systems(models: list[Model], specs, audio: AudioCache) -> dict[str, list
         estimates = {"noisy": x, "oracle IBM": istft(apply_mask(X, ibm), cfg, x.size)}
         for m in models:
             d = m.denoiser
-            Xm, mask = d.mask(x)
-            estimates[f"BNN ({m.name})"] = istft(apply_mask(Xm, mask), d.config, x.size)
+            Xm, feats = mixture_features(x, d.config, d.level_rms)  # one pass for BNN and twin
+            masks = {f"BNN ({m.name})": d.network.predict(feats, d.engine)}
             if m.twin:
-                _, feats = mixture_features(x, d.config, d.level_rms)
-                twin_mask = m.twin.predict(feats)
-                estimates[f"real-valued twin ({m.name})"] = istft(
-                    apply_mask(Xm, twin_mask), d.config, x.size
-                )
+                masks[f"real-valued twin ({m.name})"] = m.twin.predict(feats)
+            for label, mask in masks.items():
+                estimates[label] = istft(apply_mask(Xm, mask), d.config, x.size)
         for label in systems:
             if label in extra:
                 estimates[label] = extra[label](x, rate)

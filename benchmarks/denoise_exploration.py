@@ -102,10 +102,10 @@ def main() -> int:
     rows: dict[str, list[dict[str, float]]] = {"BNN": [], "twin": [], "oracle IBM": []}
     accuracy = []
     for m in iter_mixtures(val, audio):
-        X, mask = denoiser.mask(m.mixture)
+        X, feats = mixture_features(m.mixture, spec, denoiser.level_rms)
+        mask = net.predict(feats)
         ibm = ideal_binary_mask(stft(m.speech, spec), stft(m.noise, spec))
         accuracy.append(np.mean(mask == ibm))
-        _, feats = mixture_features(m.mixture, spec, denoiser.level_rms)
         for name, mk in (("BNN", mask), ("twin", twin.predict(feats)), ("oracle IBM", ibm)):
             y = istft(apply_mask(X, mk), spec, m.mixture.size)
             rows[name].append(separation_metrics(m.speech, m.noise, y, 8000))

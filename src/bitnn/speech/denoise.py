@@ -14,6 +14,7 @@ is applied to the unscaled mixture, so the output keeps the input's level.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 from bitnn.errors import InputError
 from bitnn.network import BitNetwork
 from bitnn.progress import ProgressBar
+from bitnn.speech.mixtures import power
 from bitnn.speech.spectra import (
     SpectrogramConfig,
     apply_mask,
@@ -41,7 +43,7 @@ DEFAULT_LEVEL_RMS = 0.05
 
 def level_gain(x: np.ndarray, level_rms: float) -> float:
     """The factor that brings ``x`` to RMS ``level_rms`` (1 for a silent signal)."""
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    rms = math.sqrt(power(x))
     return 1.0 if rms == 0.0 else level_rms / rms
 
 

@@ -26,7 +26,14 @@ from bitnn.speech.denoise import DEFAULT_LEVEL_RMS, speech_metadata, training_ex
 from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_mixtures
 from bitnn.speech.spectra import SpectrogramConfig
 from bitnn.train.layers import BitMLP
-from bitnn.train.trainer import TrainConfig, read_checkpoint, to_bipolar, train_network
+from bitnn.train.trainer import (
+    TrainConfig,
+    checkpoint_binarizer,
+    read_checkpoint,
+    tensors_to_state,
+    to_bipolar,
+    train_network,
+)
 
 # Spectrogram settings per preset: the paper's network sees one frame of plain magnitudes;
 # "best" sees three, each bin relative to its noise floor (chosen on held-out voices and a
@@ -156,18 +163,11 @@ class CheckpointNetwork:
     def __init__(self, checkpoint: str | Path, round_: int = 1) -> None:
         tensors, desc = read_checkpoint(Path(checkpoint))
         cfg = TrainConfig.from_json(desc["config"])
-        arrays = {
-            k.removeprefix("binarizer."): v
-            for k, v in tensors.items()
-            if k.startswith("binarizer.")
-        }
-        self.binarizer = Binarizer.from_state(desc["binarizer"], arrays)
-        prefix = f"best{round_}."
-        state = {
-            k.removeprefix(prefix): torch.from_numpy(np.array(v))
-            for k, v in tensors.items()
-            if k.startswith(prefix)
-        }
+        binarizer = checkpoint_binarizer(tensors, desc)
+        if binarizer is None:
+            raise InputError(f"{checkpoint} holds no input binarizer; it is not a denoiser's")
+        self.binarizer = binarizer
+        state = tensors_to_state(f"best{round_}.", tensors)
         if not state:
             raise InputError(f"{checkpoint} holds no network of round {round_} (not trained)")
         self.model = BitMLP(

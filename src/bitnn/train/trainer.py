@@ -250,7 +250,7 @@ def _state_to_numpy(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, np
     return {f"{prefix}{k}": v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def _numpy_to_state(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def tensors_to_state(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {
         k.removeprefix(prefix): torch.from_numpy(np.array(v))
         for k, v in tensors.items()
@@ -552,9 +552,9 @@ class Trainer:
         """Restore everything :meth:`save_checkpoint` wrote (config already applied)."""
         self.position = _Position(**description["position"])
         self.model.set_round(self.position.round if self.position.round <= 2 else 2)
-        self.model.load_state_dict(_numpy_to_state("model.", tensors))
+        self.model.load_state_dict(tensors_to_state("model.", tensors))
         self.best = {
-            int(r): (None if m is None else float(m), _numpy_to_state(f"best{r}.", tensors))
+            int(r): (None if m is None else float(m), tensors_to_state(f"best{r}.", tensors))
             for r, m in description["best_metric"].items()
         }
         self.history = list(description["history"])
@@ -594,6 +594,18 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             f"this bitnn resumes version {CHECKPOINT_VERSION} only"
         )
     return tensors, description
+
+
+def checkpoint_binarizer(
+    tensors: dict[str, np.ndarray], description: dict[str, Any]
+) -> Binarizer | None:
+    """The fitted input binarizer a checkpoint holds (None if the run had none)."""
+    if not description["binarizer"]:
+        return None
+    arrays = {
+        k.removeprefix("binarizer."): v for k, v in tensors.items() if k.startswith("binarizer.")
+    }
+    return Binarizer.from_state(description["binarizer"], arrays)
 
 
 def to_bipolar(bits: np.ndarray) -> np.ndarray:
@@ -656,16 +668,7 @@ def train_network(
                 "command": started["command"],
                 "resumed_with": metadata["command"],
             }
-        arrays = {
-            k.removeprefix("binarizer."): v
-            for k, v in tensors.items()
-            if k.startswith("binarizer.")
-        }
-        binarizer = (
-            Binarizer.from_state(description["binarizer"], arrays)
-            if description["binarizer"]
-            else None
-        )
+        binarizer = checkpoint_binarizer(tensors, description)
     config = config or TrainConfig()
     if X_val is not None:
         x_tr, y_tr = x_all, y_all
