@@ -62,7 +62,8 @@ HARNESS = r"""
 #include "mnist_bnn.h"
 int main(void) { /* reads 784-byte images from stdin, prints one class per line */
     uint8_t x[MNIST_BNN_FEATURES];
-    while (fread(x, 1, sizeof x, stdin) == sizeof x) printf("%d\n", mnist_bnn_predict_u8(x));
+    uint32_t work[MNIST_BNN_WORK_WORDS];
+    while (fread(x, 1, sizeof x, stdin) == sizeof x) printf("%d\n", mnist_bnn_predict_u8(x, work));
     return 0;
 }
 """
@@ -74,10 +75,12 @@ def check_c_export(folder: Path, model: Path) -> None:
     if cc is None:
         print("no C compiler here: skipping the check of the exported C")
         return
-    (folder / "main.c").write_text(HARNESS)
-    exe = folder / "mnist_bnn"
+    check = folder.with_name(folder.name + "-check")  # the export folder holds only the export
+    check.mkdir(exist_ok=True)
+    (check / "main.c").write_text(HARNESS)
+    exe = check / "mnist_bnn"
     subprocess.run(
-        [cc, "-std=c99", "-O2", "-Wall", "-Wextra", str(folder / "main.c"),
+        [cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-I", str(folder), str(check / "main.c"),
          str(folder / "mnist_bnn.c"), "-o", str(exe)],
         check=True,
     )  # fmt: skip

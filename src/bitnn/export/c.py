@@ -1,27 +1,40 @@
 """Export a :class:`BitNetwork` to dependency-free C (C99, no malloc, no floats needed).
 
-``export_c(network, folder, name)`` writes ``NAME.h`` and ``NAME.c``. The generated code uses
-32-bit words (bit ``j`` of a vector in word ``j / 32`` at position ``j % 32``, padding bits 0),
-static buffers whose sizes are fixed at export time, and a portable popcount, so it builds on a
-microcontroller as well as on a PC. It computes exactly what the reference engine does (tests
-compile it and compare bit for bit).
+``export_c(network, folder, name, target)`` writes ``NAME.h`` and ``NAME.c``. The generated
+code uses 32-bit words (bit ``j`` of a vector in word ``j / 32`` at position ``j % 32``, padding
+bits 0), constants in the smallest integer type that holds them, no static or global mutable
+state (the caller passes a workspace, so every function is reentrant), and a popcount chosen by
+the target, so it builds on a microcontroller as well as on a PC. It computes exactly what the
+reference engine does (tests compile it and compare bit for bit, on the host and on emulated
+Cortex-M4 and Cortex-M0).
 
-API of the generated code (``NAME_`` prefix)::
+API of the generated code (``NAME_`` prefix; ``work`` points to ``NAME_WORK_WORDS`` words)::
 
     NAME_binarize_u8(const uint8_t *x, uint32_t *bits)   raw uint8 features -> input bits
     NAME_binarize_f32(const float *x, uint32_t *bits)    raw float features -> input bits
-    NAME_scores(const uint32_t *bits, int32_t *scores)   classifier: last layer's scores
-    NAME_predict_u8(const uint8_t *x) / _f32             classifier: the class (argmax,
+    NAME_scores(const uint32_t *bits, int32_t *scores, uint32_t *work)
+                                                         classifier: the last layer's scores
+    NAME_predict_u8(const uint8_t *x, uint32_t *work) / _f32
+                                                         classifier: the class (argmax,
                                                          lowest index on ties)
-    NAME_forward_bits(const uint32_t *bits, uint32_t *out)  bit-output networks
+    NAME_forward_bits(const uint32_t *bits, uint32_t *out, uint32_t *work)
+                                                         bit-output networks
 
-The uint8 entry points compare integers (edges are rounded up at export, exact for integer
-inputs); the float ones compare float32 values, as the Python binarizers do.
+The uint8 entry points compare integers (edges rounded up at export, exact for integer inputs).
+The float ones compare float32 values as the Python binarizers do, with edges that are normal
+numbers (an edge between 0 and the smallest normal float has the same effect on every input
+that is not itself subnormal), so they stay exact when the FPU flushes subnormals to zero.
+Defining ``NAME_NO_FLOAT`` when compiling ``NAME.c`` leaves the float path (code and edges) out.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +42,21 @@ import numpy as np
 from bitnn.binarize import edge_code
 from bitnn.bits import unpack_bits
 from bitnn.errors import InputError
-from bitnn.io import atomic_write_bytes
 from bitnn.network import BitLayer, BitNetwork
+
+#: target -> default popcount of the generated code (see ``POPCOUNT_KINDS``)
+TARGETS = {"host": 1, "cortex-m4": 2, "cortex-m0": 2}
+POPCOUNT_KINDS = {0: "SWAR per word", 1: "compiler builtin", 2: "carry-save (Harley-Seal)"}
+#: per target: the compiler and flags the sizes are measured with
+TARGET_CFLAGS = {
+    "cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
+    "cortex-m0": ["-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"],
+    "host": [],
+}
+#: bytes of stack the generated functions need beyond the workspace, at most (GCC, -O1 and
+#: above, 32-bit targets; tests/test_firmware.py checks it with -fstack-usage)
+STACK_BYTES = 128
+FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
 def _words32(n_bits: int) -> int:
@@ -46,44 +72,52 @@ def _rows_to_u32(words64: np.ndarray, n_bits: int) -> np.ndarray:
     return (padded.reshape(bits.shape[0], -1, 32).astype(np.uint64) * weights).sum(2)
 
 
-def _array(ctype: str, name: str, values: np.ndarray, fmt: str = "{}") -> str:
+def _array(ctype: str, name: str, values: np.ndarray, fmt: str = "{}", per_line: int = 8) -> str:
     flat = [fmt.format(int(v)) for v in np.asarray(values).reshape(-1)]
-    body = ",\n".join("    " + ", ".join(flat[i : i + 8]) for i in range(0, len(flat), 8))
+    body = ",\n".join(
+        "    " + ", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line)
+    )
     return f"static const {ctype} {name}[{max(1, len(flat))}] = {{\n{body or '    0'}\n}};\n"
 
 
-def _float_array(name: str, values: np.ndarray) -> str:
-    flat = [repr(float(v)) + "f" for v in np.asarray(values, dtype=np.float32).reshape(-1)]
-    body = ",\n".join("    " + ", ".join(flat[i : i + 6]) for i in range(0, len(flat), 6))
-    return f"static const float {name}[{max(1, len(flat))}] = {{\n{body or '    0.0f'}\n}};\n"
+def _unsigned_type(max_value: int) -> str:
+    for bits in (8, 16, 32):
+        if max_value < (1 << bits):
+            return f"uint{bits}_t"
+    raise InputError("a constant of the model does not fit in 32 bits")
 
 
-def _layer_data(i: int, layer: BitLayer, scores: bool) -> str:
-    out = _array("uint32_t", f"L{i}_W", _rows_to_u32(layer.weight, layer.n_in), "0x{:08x}u")
-    if layer.mask is not None:
-        out += _array("uint32_t", f"L{i}_M", _rows_to_u32(layer.mask, layer.n_in), "0x{:08x}u")
-    if scores:  # score = offset - 2 * mismatches
-        offset = layer.n_present.astype(np.int64) - layer.threshold
-        return out + _array("int32_t", f"L{i}_OFFSET", offset)
-    return out + _array("int32_t", f"L{i}_LIMIT", layer.popcount_limit)  # fires iff <= limit
+def _int_table(prefix: str, values: np.ndarray) -> tuple[str, str]:
+    """Per-unit integers as ``BASE + DELTA[u]`` with DELTA in the smallest unsigned type.
+
+    Returns (C declarations, C expression of unit ``u`` as int32_t)."""
+    v = np.asarray(values, dtype=np.int64)
+    lo, hi = int(v.min()), int(v.max())
+    if lo < -(2**31) or hi >= 2**31:
+        raise InputError("a threshold of the model does not fit in 32 bits")
+    if lo == hi:
+        return "", f"(int32_t){lo}"
+    ctype = _unsigned_type(hi - lo)
+    decl = _array(ctype, f"{prefix}", v - lo, per_line=16)
+    return decl, f"((int32_t){lo} + (int32_t){prefix}[u])"
 
 
-def _binarizer_data(net: BitNetwork) -> tuple[str, int, int]:
-    """Edges (float and integer), code transitions; returns (C code, n_edges, bits/feature)."""
-    code = edge_code(net.binarizer)
-    if code is None:
-        raise InputError(
-            f"the C export supports threshold, quantile and Lloyd-Max binarizers, "
-            f"not {net.binarizer!r}"
-        )
-    n_edges = code.edges.shape[1]
-    if n_edges > 32:
-        raise InputError("the C export supports at most 32 edges per feature")
-    text = _float_array("EDGES_F32", code.edges)
-    text += _array("uint16_t", "EDGES_U8", code.int_edges)
-    text += _array("uint32_t", "FLIPS", np.array(code.flips), "0x{:08x}u")
-    text += f"#define CODE_C0 0x{code.c0:08x}u\n"
-    return text, n_edges, code.k
+def _float_literal(v: float) -> str:
+    if v == 0:
+        return "0.0f"
+    return float(v).hex() + "f"  # exact (C99 hexadecimal floating constant)
+
+
+def normal_edges(edges: np.ndarray) -> np.ndarray:
+    """Edges with the same effect on every non-subnormal float32 input, all normal or 0.
+
+    ``x >= e`` for a positive subnormal ``e`` is ``x > 0``, i.e. ``x >= FLT_MIN`` for normal x;
+    for a negative subnormal ``e`` it is ``x >= 0``. Under flush-to-zero the originals would
+    compare against 0 instead."""
+    e = np.asarray(edges, dtype=np.float32).copy()
+    e[(e > 0) & (e < FLT_MIN)] = np.float32(FLT_MIN)
+    e[(e < 0) & (e > -FLT_MIN)] = np.float32(0.0)
+    return e
 
 
 def _valid_identifier(name: str) -> str:
@@ -92,159 +126,458 @@ def _valid_identifier(name: str) -> str:
     return name
 
 
-def export_c(network: BitNetwork, folder: str | Path, name: str = "bitnn_model") -> list[Path]:
-    """Write ``NAME.h`` and ``NAME.c`` into ``folder``; returns their paths."""
+def _check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise InputError(
+            f"unsupported target {target!r}; choose one of {', '.join(sorted(TARGETS))}"
+        )
+    return target
+
+
+# ---------------------------------------------------------------------------- popcount code
+
+_POPCOUNT = """\
+/* Popcount: {pc} = 0 SWAR per word, 1 compiler builtin, 2 carry-save (Harley-Seal) over
+   blocks of words, then SWAR (for cores without a popcount instruction, e.g. Cortex-M). */
+#ifndef {pc}
+#define {pc} {default}
+#endif
+#if {pc} == 1 && (defined(__GNUC__) || defined(__clang__))
+#define POP32(v) ((uint32_t)__builtin_popcount(v))
+#else
+static inline uint32_t pop32(uint32_t v) {{
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    return (((v + (v >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24;
+}}
+#define POP32(v) pop32(v)
+#endif
+/* carry-save adder: h:l = a + b + c, bit-sliced */
+#define CSA(h, l, a, b, c) do {{ uint32_t u_ = (a) ^ (b), c_ = (c); \\
+    (h) = ((a) & (b)) | (u_ & c_); (l) = u_ ^ c_; }} while (0)
+"""
+
+
+def _csa_block(p: int, word: str) -> list[str]:
+    """Harley-Seal over 2**p words starting at k: adds the weight-2**p carries to ``total``.
+
+    ``word`` is a format string of the k-th difference word, e.g. ``(x[{k}] ^ w[{k}])``."""
+    lines: list[str] = []
+    counter = [0]
+
+    def carry(level: int, off: int) -> str:
+        counter[0] += 1
+        t = f"t{counter[0]}"
+        if level == 1:
+            a, b = word.format(k=f"k + {off}"), word.format(k=f"k + {off + 1}")
+            lines.append(f"CSA({t}, c0, c0, {a}, {b});")
+        else:
+            a = carry(level - 1, off)
+            b = carry(level - 1, off + 2 ** (level - 1))
+            lines.append(f"CSA({t}, c{level - 1}, c{level - 1}, {a}, {b});")
+        return t
+
+    top = carry(p, 0)
+    decl = "uint32_t " + ", ".join(f"t{i + 1}" for i in range(counter[0])) + ";"
+    return [decl, *lines, f"total += POP32({top});"]
+
+
+def _distance_function(words: int, masked: bool, pc: str) -> list[str]:
+    """``static uint32_t dist{words}[m](x, w[, m])``: popcount((x ^ w) [& m]) over the words."""
+    fname = f"dist{words}{'m' if masked else ''}"
+    args = "const uint32_t *x, const uint32_t *w" + (", const uint32_t *m" if masked else "")
+    word = "((x[{k}] ^ w[{k}]) & m[{k}])" if masked else "(x[{k}] ^ w[{k}])"
+    plain = [
+        "    uint32_t n = 0;",
+        f"    for (uint32_t k = 0; k < {words}u; k++) n += POP32({word.format(k='k')});",
+        "    return n;",
+    ]
+    out = [f"static uint32_t {fname}({args}) {{"]
+    p = 4 if words >= 16 else 3 if words >= 8 else 2 if words >= 4 else 0
+    if p == 0:
+        return out + plain + ["}", ""]
+    block = 2**p
+    counters = ", ".join(f"c{i} = 0" for i in range(p))
+    finish = " + ".join([f"(POP32(c{i}) << {i})" for i in range(p - 1, 0, -1)] + ["POP32(c0)"])
+    out += [f"#if {pc} == 2", f"    uint32_t {counters}, total = 0, k = 0;"]
+    out.append(f"    for (; k + {block}u <= {words}u; k += {block}u) {{")
+    out += ["        " + line for line in _csa_block(p, word)]
+    out.append("    }")
+    out.append(f"    total = (total << {p}) + {finish};")
+    if words % block:
+        out.append(f"    for (; k < {words}u; k++) total += POP32({word.format(k='k')});")
+    out += ["    return total;", "#else", *plain, "#endif", "}", ""]
+    return out
+
+
+# ----------------------------------------------------------------------------- binarizer code
+
+
+@dataclass
+class _Binarizer:
+    data_u8: str
+    data_f32: str
+    cmp_u8: str  # comparison of x[f] with edge j (u8), format fields f, j
+    cmp_f32: str
+    n_edges: int
+    k: int
+    direct: bool  # thermometer-like: the comparison bits are the code bits
+    codes: np.ndarray
+
+
+def _binarizer(net: BitNetwork) -> _Binarizer:
+    code = edge_code(net.binarizer)
+    if code is None:
+        raise InputError(
+            f"the C export supports threshold, quantile and Lloyd-Max binarizers, "
+            f"not {net.binarizer!r} (its bits are not per-feature comparisons)"
+        )
+    n_edges = code.edges.shape[1]
+    if n_edges > 32 or code.k > 8:
+        raise InputError("the C export supports at most 32 edges and 8 bits per feature")
+    ie = code.int_edges
+    if ie.max() <= 255:  # x >= e
+        u8, cmp_u8 = _array("uint8_t", "EDGES_U8", ie, per_line=16), "x[{f}] >= EDGES_U8[{i}]"
+    elif ie.min() >= 1:  # x >= e  <=>  x > e - 1
+        u8, cmp_u8 = _array("uint8_t", "EDGES_U8", ie - 1, per_line=16), "x[{f}] > EDGES_U8[{i}]"
+    else:
+        u8, cmp_u8 = _array("uint16_t", "EDGES_U8", ie, per_line=16), "x[{f}] >= EDGES_U8[{i}]"
+    fl = [_float_literal(v) for v in normal_edges(code.edges).reshape(-1)]
+    body = ",\n".join("    " + ", ".join(fl[i : i + 4]) for i in range(0, len(fl), 4))
+    f32 = f"static const float EDGES_F32[{max(1, len(fl))}] = {{\n{body}\n}};\n"
+    k = code.k
+    direct = k == n_edges and code.c0 == 0 and code.flips == tuple(1 << b for b in range(k))
+    return _Binarizer(u8, f32, cmp_u8, "x[{f}] >= EDGES_F32[{i}]", n_edges, k, direct, code.codes)
+
+
+def _binarize_function(name: str, kind: str, ctype: str, b: _Binarizer, n_feat: int) -> list[str]:
+    """Binarize function: per feature, the code of its level, packed into 32-bit words."""
+    cmp = b.cmp_u8 if kind == "u8" else b.cmp_f32
+    e = b.n_edges
+    if b.direct:
+        code = " | ".join(
+            f"((uint32_t)({cmp.format(f='f', i=f'f * {e}u + {j}u')}) << {j})" for j in range(e)
+        )
+    else:
+        level = " + ".join(
+            f"(uint32_t)({cmp.format(f='f', i=f'f * {e}u + {j}u')})" for j in range(e)
+        )
+        code = f"(uint32_t)CODES[{level}]"
+    out = [f"void {name}_binarize_{kind}(const {ctype} *x, uint32_t *bits) {{"]
+    k = b.k
+    if 32 % k == 0:
+        per = 32 // k
+        full, rest = divmod(n_feat, per)
+        out.append("    uint32_t f = 0;")
+        if full:
+            out += [
+                f"    for (uint32_t wd = 0; wd < {full}u; wd++) {{",
+                "        uint32_t acc = 0;",
+                f"        for (uint32_t j = 0; j < {32}u; j += {k}u, f++) acc |= ({code}) << j;",
+                "        bits[wd] = acc;",
+                "    }",
+            ]
+        if rest:
+            out += [
+                "    {",
+                "        uint32_t acc = 0;",
+                f"        for (uint32_t j = 0; j < {rest * k}u; j += {k}u, f++)"
+                f" acc |= ({code}) << j;",
+                f"        bits[{full}] = acc;",
+                "    }",
+            ]
+        else:
+            out.append("    (void)f;")
+    else:
+        out += [
+            f"    for (uint32_t i = 0; i < {_words32(n_feat * k)}u; i++) bits[i] = 0;",
+            f"    for (uint32_t f = 0; f < {n_feat}u; f++) {{",
+            f"        uint32_t c = {code}, u = f * {k}u, s = u & 31u;",
+            "        bits[u >> 5] |= c << s;",
+            f"        if (s + {k}u > 32u) bits[(u >> 5) + 1] |= c >> (32u - s);",
+            "    }",
+        ]
+    return [*out, "}", ""]
+
+
+# ------------------------------------------------------------------------------- layer code
+
+
+def _layer_function(i: int, layer: BitLayer, scores: bool) -> tuple[str, list[str]]:
+    """Data and the function of layer i: ``layerI(x, out)`` writing bits or int32 scores."""
+    words = _words32(layer.n_in)
+    masked = layer.mask is not None
+    data = _array("uint32_t", f"L{i}_W", _rows_to_u32(layer.weight, layer.n_in), "0x{:08x}u", 6)
+    if masked:
+        data += _array("uint32_t", f"L{i}_M", _rows_to_u32(layer.mask, layer.n_in), "0x{:08x}u", 6)
+    dist = f"dist{words}{'m' if masked else ''}(x, w{', m' if masked else ''})"
+    step = f"w += {words}u;" + (f" m += {words}u;" if masked else "")
+    ptrs = [f"    const uint32_t *w = L{i}_W;"]
+    if masked:
+        ptrs.append(f"    const uint32_t *m = L{i}_M;")
+    n = layer.n_out
+    if scores:  # score = offset - 2 * mismatches
+        offset = layer.n_present.astype(np.int64) - layer.threshold.astype(np.int64)
+        decl, expr = _int_table(f"L{i}_OFFSET", offset)
+        fn = [
+            f"static void layer{i}(const uint32_t *x, int32_t *out) {{",
+            *ptrs,
+            f"    for (uint32_t u = 0; u < {n}u; u++) {{",
+            f"        out[u] = {expr} - 2 * (int32_t){dist};",
+            f"        {step}",
+            "    }",
+            "}",
+            "",
+        ]
+        return data + decl, fn
+    # fires iff mismatches <= limit; clipped to [-1, n_present] (same decisions, small range)
+    limit = np.clip(layer.popcount_limit.astype(np.int64), -1, layer.n_present)
+    decl, expr = _int_table(f"L{i}_LIMIT", limit)
+    fn = [
+        f"static void layer{i}(const uint32_t *x, uint32_t *out) {{",
+        *ptrs,
+        "    uint32_t acc = 0;",
+        f"    for (uint32_t u = 0; u < {n}u; u++) {{",
+        f"        acc |= (uint32_t)((int32_t){dist} <= {expr}) << (u & 31u);",
+        "        if ((u & 31u) == 31u) {",
+        "            out[u >> 5] = acc;",
+        "            acc = 0;",
+        "        }",
+        f"        {step}",
+        "    }",
+    ]
+    if n % 32:
+        fn.append(f"    out[{n // 32}] = acc;")
+    return data + decl, [*fn, "}", ""]
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+@dataclass
+class CExport:
+    """The generated files' text and the figures the header states."""
+
+    header: str
+    source: str
+    work_words: int
+    flash_constants: int  # bytes of constant tables on the uint8 path
+
+
+def generate_c(network: BitNetwork, name: str = "bitnn_model", target: str = "host") -> CExport:
+    """The text of ``NAME.h`` and ``NAME.c`` (nothing is written)."""
     name = _valid_identifier(name)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    target = _check_target(target)
     layers = network.layers
     n_in, n_out = network.n_inputs, network.n_outputs
-    max_words = max(_words32(ly.n_out) for ly in layers)
     upper = name.upper()
     has_bin = network.binarizer is not None
     classifier = network.output == "scores"
+    b = _binarizer(network) if has_bin else None
+    pc = f"{upper}_POPCOUNT"
+
+    hidden = layers[:-1]
+    buf_words = max((_words32(ly.n_out) for ly in hidden), default=0)
+    n_bufs = min(2, len(hidden))
+    in_words = _words32(n_in)
+    # work layout: [ping | pong] for scores/forward; predict adds [input bits | scores]
+    net_words = n_bufs * buf_words
+    predict_words = net_words + (in_words + n_out if classifier and has_bin else 0)
+    work_words = max(1, net_words, predict_words)
 
     h = [
-        f"/* {name}: a bitwise neural network exported by bitnn. Dependency-free C99. */",
+        f"/* {name}: a bitwise neural network exported by bitnn for target {target}.",
+        "   Dependency-free C99; reentrant (all state in the caller's workspace). */",
         f"#ifndef {upper}_H",
         f"#define {upper}_H",
         "#include <stdint.h>",
+        "#ifdef __cplusplus",
+        'extern "C" {',
+        "#endif",
         f"#define {upper}_INPUT_BITS {n_in}",
-        f"#define {upper}_INPUT_WORDS {_words32(n_in)}",
+        f"#define {upper}_INPUT_WORDS {in_words}",
         f"#define {upper}_OUTPUTS {n_out}",
+        "/* the workspace every call needs (uint32_t words), and a bound of the stack the",
+        "   functions use beyond it (GCC -O1 or above on a 32-bit core) */",
+        f"#define {upper}_WORK_WORDS {work_words}",
+        f"#define {upper}_WORK_BYTES {4 * work_words}",
+        f"#define {upper}_STACK_BYTES {STACK_BYTES}",
     ]
     if has_bin:
         h.append(f"#define {upper}_FEATURES {network.binarizer.n_features_in_}")
         h.append(f"void {name}_binarize_u8(const uint8_t *x, uint32_t *bits);")
+        h.append(f"#ifndef {upper}_NO_FLOAT")
         h.append(f"void {name}_binarize_f32(const float *x, uint32_t *bits);")
+        h.append("#endif")
     if classifier:
         h.append(f"#define {upper}_CLASSIFIER 1")
-        h.append(f"void {name}_scores(const uint32_t *bits, int32_t *scores);")
+        h.append(f"void {name}_scores(const uint32_t *bits, int32_t *scores, uint32_t *work);")
         if has_bin:
-            h.append(f"int {name}_predict_u8(const uint8_t *x);")
-            h.append(f"int {name}_predict_f32(const float *x);")
+            h.append(f"int {name}_predict_u8(const uint8_t *x, uint32_t *work);")
+            h.append(f"#ifndef {upper}_NO_FLOAT")
+            h.append(f"int {name}_predict_f32(const float *x, uint32_t *work);")
+            h.append("#endif")
     else:
         h.append(f"#define {upper}_OUTPUT_WORDS {_words32(n_out)}")
-        h.append(f"void {name}_forward_bits(const uint32_t *bits, uint32_t *out);")
-    h.append(f"#endif /* {upper}_H */")
+        h.append(f"void {name}_forward_bits(const uint32_t *bits, uint32_t *out, uint32_t *work);")
+    h += ["#ifdef __cplusplus", "}", "#endif", f"#endif /* {upper}_H */"]
 
     c = [
-        f"/* {name}: generated by bitnn; see {name}.h. */",
+        f"/* {name}: generated by bitnn for target {target}; see {name}.h. */",
         f'#include "{name}.h"',
-        "#include <string.h>",
         "",
-        "static int popcount32(uint32_t v) { /* portable SWAR popcount */",
-        "    v = v - ((v >> 1) & 0x55555555u);",
-        "    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);",
-        "    return (int)((((v + (v >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24);",
-        "}",
-        "",
-        "/* mismatches between x and unit u's weights over its present connections */",
-        "static int32_t mismatches(const uint32_t *x, const uint32_t *w, const uint32_t *m,",
-        "                          int words) {",
-        "    int32_t n = 0;",
-        "    for (int k = 0; k < words; k++) n += popcount32((x[k] ^ w[k]) & (m ? m[k] : ~0u));",
-        "    return n;",
-        "}",
-        "",
+        _POPCOUNT.format(pc=pc, default=TARGETS[target]),
     ]
-    bits_layers = len(layers) - (1 if classifier else 0)
-    if bits_layers:
-        c += [
-            "static void layer_bits(const uint32_t *x, uint32_t *out, const uint32_t *w,",
-            "                       const uint32_t *m, const int32_t *limit, int n_in,",
-            "                       int n_out) {",
-            "    int words = (n_in + 31) / 32;",
-            "    memset(out, 0, sizeof(uint32_t) * (size_t)((n_out + 31) / 32));",
-            "    for (int u = 0; u < n_out; u++) {",
-            "        const uint32_t *mu = m ? m + (size_t)u * words : 0;",
-            "        if (mismatches(x, w + (size_t)u * words, mu, words) <= limit[u])",
-            "            out[u / 32] |= 1u << (u % 32);",
-            "    }",
-            "}",
-            "",
-        ]
-    if classifier:
-        c += [
-            "static void layer_scores(const uint32_t *x, int32_t *scores, const uint32_t *w,",
-            "                         const uint32_t *m, const int32_t *offset, int n_in,",
-            "                         int n_out) {",
-            "    int words = (n_in + 31) / 32;",
-            "    for (int u = 0; u < n_out; u++) {",
-            "        const uint32_t *mu = m ? m + (size_t)u * words : 0;",
-            "        scores[u] = offset[u] - 2 * mismatches(x, w + (size_t)u * words, mu, words);",
-            "    }",
-            "}",
-            "",
-        ]
+    dists = sorted({(_words32(ly.n_in), ly.mask is not None) for ly in layers})
+    for words, masked in dists:
+        c += _distance_function(words, masked, pc)
+    flash = 0
     for i, layer in enumerate(layers):
-        c.append(_layer_data(i, layer, classifier and i == len(layers) - 1))
-    if has_bin:
-        code, n_edges, k = _binarizer_data(network)
+        data, fn = _layer_function(i, layer, classifier and i == len(layers) - 1)
+        c.append(data)
+        c += fn
+        flash += 4 * layer.n_out * _words32(layer.n_in) * (2 if layer.mask is not None else 1)
+    if b is not None:
         f = network.binarizer.n_features_in_
-        c.append(code)
-        c.append(
-            f"""/* level bits t (bit j: x >= edge j) -> the feature's k code bits at units f*k.. */
-static void put_code(uint32_t *bits, int f, uint32_t t) {{
-    for (int b = 0; b < {k}; b++) {{
-        uint32_t bit = ((CODE_C0 >> b) & 1u) ^ ((uint32_t)popcount32(t & FLIPS[b]) & 1u);
-        int u = f * {k} + b;
-        bits[u / 32] |= bit << (u % 32);
-    }}
-}}
-"""
-        )
-        for kind, ctype, edges in (("u8", "uint8_t", "EDGES_U8"), ("f32", "float", "EDGES_F32")):
+        c.append(b.data_u8)
+        if not b.direct:
             c.append(
-                f"""void {name}_binarize_{kind}(const {ctype} *x, uint32_t *bits) {{
-    memset(bits, 0, sizeof(uint32_t) * {upper}_INPUT_WORDS);
-    for (int f = 0; f < {f}; f++) {{
-        uint32_t t = 0;
-        for (int j = 0; j < {n_edges}; j++)
-            t |= (uint32_t)(x[f] >= {edges}[f * {n_edges} + j]) << j;
-        put_code(bits, f, t);
-    }}
-}}
-"""
+                _array(
+                    "uint8_t", "CODES", [int(sum(r[j] << j for j in range(b.k))) for r in b.codes]
+                )
             )
-    # the forward pass through static ping-pong buffers
+        c += _binarize_function(name, "u8", "uint8_t", b, f)
+        c += [f"#ifndef {upper}_NO_FLOAT", b.data_f32]
+        c += _binarize_function(name, "f32", "float", b, f)
+        c += ["#endif", ""]
+
+    # the forward pass through the workspace's ping-pong buffers
     body = ["    const uint32_t *h = bits;"]
-    if len(layers) > 1:
-        body.insert(0, f"    static uint32_t buf[2][{max_words}];")
-    for i, layer in enumerate(layers[:-1]):
-        m = f"L{i}_M" if layer.mask is not None else "0"
-        dims_i = f"{layer.n_in}, {layer.n_out}"
-        body.append(f"    layer_bits(h, buf[{i % 2}], L{i}_W, {m}, L{i}_LIMIT, {dims_i});")
-        body.append(f"    h = buf[{i % 2}];")
+    for i in range(len(hidden)):
+        dest = f"work + {(i % 2) * buf_words}" if i % 2 else "work"
+        body.append(f"    layer{i}(h, {dest});")
+        body.append(f"    h = {dest};")
     last = len(layers) - 1
-    lm = f"L{last}_M" if layers[-1].mask is not None else "0"
-    dims = f"{layers[-1].n_in}, {layers[-1].n_out}"
     if classifier:
-        c.append(f"void {name}_scores(const uint32_t *bits, int32_t *scores) {{")
+        c.append(f"void {name}_scores(const uint32_t *bits, int32_t *scores, uint32_t *work) {{")
+        if not hidden:
+            body.append("    (void)work;")
         c += body
-        c.append(f"    layer_scores(h, scores, L{last}_W, {lm}, L{last}_OFFSET, {dims});")
+        c.append(f"    layer{last}(h, scores);")
         c.append("}\n")
-        if has_bin:
+        if b is not None:
             for kind, ctype in (("u8", "uint8_t"), ("f32", "float")):
+                if kind == "f32":
+                    c.append(f"#ifndef {upper}_NO_FLOAT")
                 c.append(
-                    f"""int {name}_predict_{kind}(const {ctype} *x) {{
-    uint32_t bits[{upper}_INPUT_WORDS];
-    int32_t scores[{n_out}];
+                    f"""int {name}_predict_{kind}(const {ctype} *x, uint32_t *work) {{
+    uint32_t *bits = work + {net_words};
+    int32_t *scores = (int32_t *)(work + {net_words + in_words});
     int best = 0;
     {name}_binarize_{kind}(x, bits);
-    {name}_scores(bits, scores);
+    {name}_scores(bits, scores, work);
     for (int u = 1; u < {n_out}; u++)
         if (scores[u] > scores[best]) best = u; /* ties: the lowest index */
     return best;
-}}
-"""
+}}"""
                 )
+                if kind == "f32":
+                    c.append("#endif")
+                c.append("")
     else:
-        c.append(f"void {name}_forward_bits(const uint32_t *bits, uint32_t *out) {{")
+        c.append(
+            f"void {name}_forward_bits(const uint32_t *bits, uint32_t *out, uint32_t *work) {{"
+        )
+        if not hidden:
+            body.append("    (void)work;")
         c += body
-        c.append(f"    layer_bits(h, out, L{last}_W, {lm}, L{last}_LIMIT, {dims});")
+        c.append(f"    layer{last}(h, out);")
         c.append("}\n")
+    return CExport("\n".join(h) + "\n", "\n".join(c) + "\n", work_words, flash)
+
+
+def _check_folder(folder: Path, name: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} exists and is not a folder; choose a folder")
+    if folder.is_dir():
+        ours = {f"{name}.h", f"{name}.c"}
+        others = sorted(p.name for p in folder.iterdir() if p.name not in ours)
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise InputError(
+                f"output folder {folder} already holds other files ({shown}); "
+                "export into a new or empty folder"
+            )
+
+
+def export_c(
+    network: BitNetwork,
+    folder: str | Path,
+    name: str = "bitnn_model",
+    target: str = "host",
+) -> list[Path]:
+    """Write ``NAME.h`` and ``NAME.c`` into ``folder`` (new, empty, or holding only an earlier
+    export of the same name); returns their paths. Every check runs before anything is
+    written, and both files are written to temporary names first, then renamed."""
+    folder = Path(folder)
+    gen = generate_c(network, name, target)  # raises InputError before touching the disk
+    _check_folder(folder, name)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.h", folder / f"{name}.c"]
-    atomic_write_bytes(paths[0], ("\n".join(h) + "\n").encode())
-    atomic_write_bytes(paths[1], ("\n".join(c) + "\n").encode())
+    tmps = []
+    try:
+        for path, text in zip(paths, (gen.header, gen.source), strict=True):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            tmps.append(Path(tmp))
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+        for tmp, path in zip(tmps, paths, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
     return paths
+
+
+# ------------------------------------------------------------------------- toolchain figures
+
+
+@dataclass
+class Sizes:
+    """Bytes of the compiled model object, from the toolchain's ``size``."""
+
+    flash: int  # text + data, uint8 path only (NAME_NO_FLOAT)
+    flash_with_float: int
+    ram_static: int  # data + bss (0: the generated code has no mutable globals)
+    work: int  # NAME_WORK_BYTES
+    compiler: str
+
+
+def toolchain_sizes(folder: str | Path, name: str, target: str) -> Sizes | None:
+    """Compile ``NAME.c`` for the target (-O2) and read its sections with ``size``; None when
+    the compiler is not installed."""
+    target = _check_target(target)
+    prefix = "" if target == "host" else "arm-none-eabi-"
+    cc = shutil.which(prefix + "gcc") or (shutil.which("cc") if target == "host" else None)
+    size = shutil.which(prefix + "size") or (shutil.which("size") if target == "host" else None)
+    if cc is None or size is None:
+        return None
+    src = Path(folder) / f"{name}.c"
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for extra in ([f"-D{name.upper()}_NO_FLOAT"], []):
+            obj = Path(tmp) / "m.o"
+            subprocess.run(
+                [cc, "-std=c99", "-O2", "-ffunction-sections", "-fdata-sections",
+                 *TARGET_CFLAGS[target], *extra, "-c", str(src), "-o", str(obj)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            r = subprocess.run([size, str(obj)], check=True, capture_output=True, text=True)
+            text, data, bss = (int(v) for v in r.stdout.splitlines()[1].split()[:3])
+            out.append((text + data, data + bss))
+    header = (Path(folder) / f"{name}.h").read_text()
+    work = int(re.search(rf"#define {name.upper()}_WORK_BYTES (\d+)", header).group(1))
+    return Sizes(out[0][0], out[1][0], out[0][1], work, Path(cc).name)
