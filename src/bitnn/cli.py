@@ -296,12 +296,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bitnn.export.c import export_c
+    from bitnn.export.c import export_c, toolchain_sizes
 
     net = load_model(args.model)
-    paths = export_c(net, args.output, args.name)
+    paths = export_c(net, args.output, args.name, args.target)
     size = sum(p.stat().st_size for p in paths)
     print(f"wrote {', '.join(str(p) for p in paths)} ({_fmt_bytes(size)} of C source)")
+    sizes = toolchain_sizes(args.output, args.name, args.target)
+    if sizes is None:
+        print(f"(no compiler for {args.target} here: flash and RAM not measured)")
+    else:
+        print(
+            f"{args.target} ({sizes.compiler} -O2): flash {sizes.flash:,} B for the uint8 path "
+            f"({sizes.flash_with_float:,} B with the float path), RAM {sizes.ram_static} B "
+            f"static + a {sizes.work:,} B workspace + stack (see {args.name}.h)"
+        )
     return 0
 
 
@@ -518,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True, help="folder for NAME.h and NAME.c")
     s.add_argument("--name", default="bitnn_model", help="C identifier prefix (bitnn_model)")
+    s.add_argument(
+        "--target",
+        default="host",
+        help="host, cortex-m4 or cortex-m0: picks the popcount and the compiler for the sizes",
+    )
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("fetch", help="fetch the offline speech and noise corpora")
