@@ -1,6 +1,7 @@
 """The generated C against the reference engine, bit for bit (compiled with the system cc)."""
 
 import copy
+import re
 import shutil
 import subprocess
 
@@ -258,3 +259,26 @@ def test_export_refuses_bad_requests_without_writing(tmp_path):
     export_c(net, tmp_path / "again", "m")
     export_c(net, tmp_path / "again", "m")  # re-exporting over the same model's files is fine
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["m.c", "m.h"]
+
+
+def test_export_command_target_and_sizes(tmp_path, capsys):
+    from bitnn.cli import main
+    from bitnn.io import save_model
+
+    rng = np.random.default_rng(8)
+    net, _ = wide_net(rng)
+    save_model(net, tmp_path / "n.bnn")
+    out = tmp_path / "c"
+    assert main(["export", str(tmp_path / "n.bnn"), "-o", str(out), "--target", "cortex-m7"]) == 2
+    assert "unsupported target 'cortex-m7'" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(tmp_path / "n.bnn"), "-o", str(out), "--target", "cortex-m0"]) == 0
+    printed = capsys.readouterr().out
+    if shutil.which("arm-none-eabi-gcc") and shutil.which("arm-none-eabi-size"):
+        flash = int(re.search(r"flash ([\d,]+) B", printed).group(1).replace(",", ""))
+        weights = 4 * (270 * 19 + 40 * 9 * 2 + 10 * 2)  # words of weights and masks
+        assert weights < flash < weights + 4000
+    else:
+        assert "not measured" in printed
+    (out / "main.c").write_text("")
+    assert main(["export", str(tmp_path / "n.bnn"), "-o", str(out)]) == 2
+    assert "already holds other files" in capsys.readouterr().err

@@ -75,7 +75,10 @@ int main(void) {
     __asm__ volatile("vmsr fpscr, %0" : : "r"(fpscr));
 #endif
 #endif
-    if (sh_cmdline(line, sizeof line) != 0) return 2;
+    if (sh_cmdline(line, sizeof line) != 0) {
+        sh_write0("command line too long: give the images file by a short (relative) path\n");
+        return 2;
+    }
     for (char *p = line; *p; p++) /* the second word is the path of the images */
         if (*p == ' ') {
             *p = 0;

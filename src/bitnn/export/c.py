@@ -55,7 +55,7 @@ TARGET_CFLAGS = {
 }
 #: bytes of stack the generated functions need beyond the workspace, at most (GCC, -O1 and
 #: above, 32-bit targets; tests/test_firmware.py checks it with -fstack-usage)
-STACK_BYTES = 128
+STACK_BYTES = 256
 FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
