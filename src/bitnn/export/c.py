@@ -152,13 +152,50 @@ static inline uint32_t pop32(uint32_t v) {{
 }}
 #define POP32(v) pop32(v)
 #endif
-/* per nibble / byte: the count of its bits (the first steps of the SWAR popcount) */
+/* per nibble / byte: the count of its bits (the first steps of the SWAR popcount); HSUM:
+   acc + the sum of v's four bytes (each <= 127). On Thumb-2 the masks stay in registers
+   (one instruction for a shift and a mask) and USADA8 sums the bytes where the core has it. */
+#if {pc} == 2 && defined(__thumb2__) && (defined(__GNUC__) || defined(__clang__)) \\
+    && !defined({upper}_NO_ASM)
+static inline uint32_t nibbles(uint32_t v) {{
+    uint32_t t;
+    __asm__("and %[t], %[m1], %[v], lsr #1\\n\\t"
+            "sub %[v], %[v], %[t]\\n\\t"
+            "and %[t], %[m2], %[v], lsr #2\\n\\t"
+            "and %[v], %[v], %[m2]\\n\\t"
+            "add %[v], %[v], %[t]"
+            : [v] "+r"(v), [t] "=&r"(t) : [m1] "r"(0x55555555u), [m2] "r"(0x33333333u));
+    return v;
+}}
+static inline uint32_t bytes(uint32_t v) {{
+    uint32_t t;
+    __asm__("and %[t], %[m4], %[v], lsr #4\\n\\t"
+            "and %[v], %[v], %[m4]\\n\\t"
+            "add %[v], %[v], %[t]"
+            : [v] "+r"(v), [t] "=&r"(t) : [m4] "r"(0x0f0f0f0fu));
+    return v;
+}}
+#define BYTES(v) bytes(v)
+#else
 static inline uint32_t nibbles(uint32_t v) {{
     v = v - ((v >> 1) & 0x55555555u);
     return (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
 }}
-#define NIBBLES(v) nibbles(v)
 #define BYTES(v) (((v) & 0x0f0f0f0fu) + (((v) >> 4) & 0x0f0f0f0fu))
+#endif
+#define NIBBLES(v) nibbles(v)
+#if {pc} == 2 && defined(__ARM_FEATURE_SIMD32) && (defined(__GNUC__) || defined(__clang__)) \\
+    && !defined({upper}_NO_ASM)
+static inline uint32_t hsum(uint32_t v, uint32_t acc) {{
+    uint32_t r;
+    __asm__("usada8 %0, %1, %2, %3" : "=r"(r) : "r"(v), "r"(0u), "r"(acc));
+    return r;
+}}
+#define HSUM(v, acc) hsum(v, acc)
+#else
+#define HSUM(v, acc) ((acc) + (((((v) & 0x00ff00ffu) + (((v) >> 8) & 0x00ff00ffu)) \\
+    * 0x00010001u) >> 16))
+#endif
 /* unrolled, the bit positions of a word's features become constants (GCC 8 and later) */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
 #define UNROLL_WORD _Pragma("GCC unroll 32")
@@ -256,7 +293,7 @@ def _asm_harley_seal(p: int) -> str:
 
 def _finish(p: int) -> list[str]:
     """total = total * 2**p + sum of popcount(c_i) * 2**i, the counters summed nibble-wise
-    (nibble sums stay <= 12, byte sums <= 24) so that a multiply adds a pair's bytes."""
+    (nibble sums stay <= 12), then bytewise, then the four bytes at once."""
     lines = []
     pairs = []
     for i in range(0, p, 2):
@@ -265,12 +302,9 @@ def _finish(p: int) -> list[str]:
         else:
             lines.append(f"    uint32_t m{i} = NIBBLES(c{i});")
         pairs.append((i, f"BYTES(m{i})"))
-    # one multiply per pair: a pair's byte sums add up to at most 32 * 3 = 96 < 256
-    expr = " + ".join(
-        f"((({b} * 0x01010101u) >> 24) << {i})" if i else f"(({b} * 0x01010101u) >> 24)"
-        for i, b in pairs
-    )
-    lines.append(f"    total = (total << {p}) + {expr};")
+    # bytes <= 24 (c0 + 2 c1) + 4 * 24 (c2 + 2 c3) = 120, summed by HSUM
+    expr = " + ".join(f"({b} << {i})" if i else b for i, b in pairs)
+    lines.append(f"    total = HSUM({expr}, total << {p});")
     return lines
 
 
@@ -297,21 +331,29 @@ def _distance_function(words: int, masked: bool, pc: str) -> list[str]:
     regs = ", ".join(f"c{i}" for i in range(p))
 
     def blocks_loop(n: int, indent: str, add: str) -> list[str]:
-        lines = [f"{indent}for (uint32_t k = 0; k < {n}u; k++) {{"]
+        """n blocks; the assembly ones unrolled up to 3 (fewer registers to spill around the
+        13 the 16-word block takes), the C ones in a loop (smaller, faster on the M0)."""
+        lines = []
         if asm:
-            lines += [
-                f"#ifdef {asm}",
-                f"{indent}    uint32_t e;",
-                f"{indent}    {asm}(x, w, {regs}, e);",
-            ]
-            lines += [f"{indent}    {add.format(e='e')}", "#else"]
-        for line in _csa_block(p, word):
-            lines.append(f"{indent}    {line}")
-        lines[-1] = f"{indent}    {add.format(e=lines[-1].split('POP32(')[1].rstrip(');'))}"
-        lines.append(f"{indent}    " + step.format(n=f"{block}u"))
+            lines.append(f"#ifdef {asm}")
+            if n <= 3:
+                for _ in range(n):
+                    lines += [f"{indent}{{", f"{indent}    uint32_t e;"]
+                    lines += [f"{indent}    {asm}(x, w, {regs}, e);"]
+                    lines += [f"{indent}    {add.format(e='e')}", f"{indent}}}"]
+            else:
+                lines += [f"{indent}for (uint32_t k = 0; k < {n}u; k++) {{"]
+                lines += [f"{indent}    uint32_t e;", f"{indent}    {asm}(x, w, {regs}, e);"]
+                lines += [f"{indent}    {add.format(e='e')}", f"{indent}}}"]
+            lines.append("#else")
+        lines.append(f"{indent}for (uint32_t k = 0; k < {n}u; k++) {{")
+        block_lines = [f"{indent}    {line}" for line in _csa_block(p, word)]
+        top = block_lines[-1].split("POP32(")[1].rstrip(");")
+        lines += [*block_lines[:-1], f"{indent}    {add.format(e=top)}"]
+        lines += [f"{indent}    " + step.format(n=f"{block}u"), f"{indent}}}"]
         if asm:
             lines.append("#endif")
-        return [*lines, f"{indent}}}"]
+        return lines
 
     if blocks > 30:  # per block: add the popcount of the top carries
         out += blocks_loop(blocks, "    ", "total += POP32({e});")
@@ -327,11 +369,7 @@ def _distance_function(words: int, masked: bool, pc: str) -> list[str]:
             ]
             out += blocks_loop(n_blocks, "        ", "ne += NIBBLES({e});")
             out += ["        be += BYTES(ne);", "    }"]
-        if blocks <= 7:  # all the bytes together <= 32 * 7 < 256
-            out.append("    total = (be * 0x01010101u) >> 24;")
-        else:
-            out += ["    be = (be & 0x00ff00ffu) + ((be >> 8) & 0x00ff00ffu);",
-                    "    total = (be & 0xffffu) + (be >> 16);"]  # fmt: skip
+        out.append("    total = HSUM(be, 0u);")  # bytes <= 24 * 10
     out += _finish(p)
     if tail:
         out.append(
@@ -557,7 +595,7 @@ def generate_c(network: BitNetwork, name: str = "bitnn_model", target: str = "ho
         f"/* {name}: generated by bitnn for target {target}; see {name}.h. */",
         f'#include "{name}.h"',
         "",
-        _POPCOUNT.format(pc=pc, default=TARGETS[target]),
+        _POPCOUNT.format(pc=pc, default=TARGETS[target], upper=upper),
         f"#if {pc} == 2 && defined(__thumb2__) && (defined(__GNUC__) || defined(__clang__)) \\",
         f"    && !defined({upper}_NO_ASM)",
         _asm_harley_seal(3) + _asm_harley_seal(4) + "#endif",
