@@ -91,8 +91,9 @@ def test_firmware_fits_and_agrees_with_python(tmp_path, board, mnist_test):
     n, ticks, empty, calibration = figures["T"]
     assert n == N_IMAGES and calibration > 0
     instructions = (ticks - n * empty) / n / (calibration / 2e6)
-    limit = {"mps2-an386": 175_000, "microbit": 260_000}[board]  # measured: 160,674, 238,668
-    assert 20_000 < instructions < limit
+    # the target on the M4; measured: 148,277 (M4) and 237,889 (M0)
+    limit = {"mps2-an386": 150_000, "microbit": 250_000}[board]
+    assert 20_000 < instructions <= limit
     assert 0 < figures["S"][0] <= 512
 
 

@@ -330,46 +330,35 @@ def _distance_function(words: int, masked: bool, pc: str) -> list[str]:
     asm = f"HS{2**p}" if p >= 3 and not masked else ""
     regs = ", ".join(f"c{i}" for i in range(p))
 
-    def blocks_loop(n: int, indent: str, add: str) -> list[str]:
-        """n blocks; the assembly ones unrolled up to 3 (fewer registers to spill around the
-        13 the 16-word block takes), the C ones in a loop (smaller, faster on the M0)."""
-        lines = []
-        if asm:
-            lines.append(f"#ifdef {asm}")
-            if n <= 3:
-                for _ in range(n):
-                    lines += [f"{indent}{{", f"{indent}    uint32_t e;"]
-                    lines += [f"{indent}    {asm}(x, w, {regs}, e);"]
-                    lines += [f"{indent}    {add.format(e='e')}", f"{indent}}}"]
-            else:
-                lines += [f"{indent}for (uint32_t k = 0; k < {n}u; k++) {{"]
-                lines += [f"{indent}    uint32_t e;", f"{indent}    {asm}(x, w, {regs}, e);"]
-                lines += [f"{indent}    {add.format(e='e')}", f"{indent}}}"]
-            lines.append("#else")
-        lines.append(f"{indent}for (uint32_t k = 0; k < {n}u; k++) {{")
-        block_lines = [f"{indent}    {line}" for line in _csa_block(p, word)]
-        top = block_lines[-1].split("POP32(")[1].rstrip(");")
-        lines += [*block_lines[:-1], f"{indent}    {add.format(e=top)}"]
-        lines += [f"{indent}    " + step.format(n=f"{block}u"), f"{indent}}}"]
-        if asm:
-            lines.append("#endif")
-        return lines
+    def c_blocks() -> list[str]:  # C: the popcount of each block's top carries
+        lines = [f"    for (uint32_t k = 0; k < {blocks}u; k++) {{"]
+        lines += [f"        {line}" for line in _csa_block(p, word)]
+        return [*lines, "        " + step.format(n=f"{block}u"), "    }"]
 
-    if blocks > 30:  # per block: add the popcount of the top carries
-        out += blocks_loop(blocks, "    ", "total += POP32({e});")
-    else:  # their nibble counts over groups of 3 blocks (<= 12), then bytes (<= 24 a group)
-        out.append("    uint32_t be = 0;")
+    def asm_blocks(n: int, indent: str) -> list[str]:  # unrolled up to 3: fewer spills
+        one = ["uint32_t e;", f"{asm}(x, w, {regs}, e);", "ne += NIBBLES(e);"]
+        if n <= 3:
+            return [line for _ in range(n) for line in
+                    [f"{indent}{{", *(f"{indent}    {x}" for x in one), f"{indent}}}"]]  # fmt: skip
+        loop = [f"{indent}for (uint32_t k = 0; k < {n}u; k++) {{"]
+        return [*loop, *(f"{indent}    {x}" for x in one), f"{indent}}}"]
+
+    if asm and blocks <= 30:
+        # the top carries' nibble counts over groups of 3 blocks (<= 12), then their bytes
+        # (<= 24 a group, 10 groups at most), summed once
+        out += [f"#ifdef {asm}", "    uint32_t be = 0;"]
         groups, rest = divmod(blocks, 3)
         for n_groups, n_blocks in ((groups, 3), (1 if rest else 0, rest)):
-            if not n_groups:
-                continue
-            out += [
-                f"    for (uint32_t g = 0; g < {n_groups}u; g++) {{",
-                "        uint32_t ne = 0;",
-            ]
-            out += blocks_loop(n_blocks, "        ", "ne += NIBBLES({e});")
-            out += ["        be += BYTES(ne);", "    }"]
-        out.append("    total = HSUM(be, 0u);")  # bytes <= 24 * 10
+            if n_groups:
+                out += [
+                    f"    for (uint32_t g = 0; g < {n_groups}u; g++) {{",
+                    "        uint32_t ne = 0;",
+                ]
+                out += asm_blocks(n_blocks, "        ")
+                out += ["        be += BYTES(ne);", "    }"]
+        out += ["    total = HSUM(be, 0u);", "#else", *c_blocks(), "#endif"]
+    else:
+        out += c_blocks()
     out += _finish(p)
     if tail:
         out.append(
