@@ -296,7 +296,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bitnn.export.c import export_c, toolchain_sizes
+    from bitnn.export.c import STACK_BYTES, export_c, toolchain_sizes
 
     net = load_model(args.model)
     paths = export_c(net, args.output, args.name, args.target)
@@ -304,12 +304,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(str(p) for p in paths)} ({_fmt_bytes(size)} of C source)")
     sizes = toolchain_sizes(args.output, args.name, args.target)
     if sizes is None:
-        print(f"(no compiler for {args.target} here: flash and RAM not measured)")
+        print(f"(no working compiler for {args.target} here: flash and RAM not measured)")
     else:
         print(
             f"{args.target} ({sizes.compiler} -O2): flash {sizes.flash:,} B for the uint8 path "
             f"({sizes.flash_with_float:,} B with the float path), RAM {sizes.ram_static} B "
-            f"static + a {sizes.work:,} B workspace + stack (see {args.name}.h)"
+            f"static + a {sizes.work:,} B workspace + at most {STACK_BYTES} B of stack"
         )
     return 0
 

@@ -720,7 +720,7 @@ class Sizes:
 
 def toolchain_sizes(folder: str | Path, name: str, target: str) -> Sizes | None:
     """Compile ``NAME.c`` for the target (-O2) and read its sections with ``size``; None when
-    the compiler is not installed."""
+    the compiler is not installed or cannot build for the target."""
     target = _check_target(target)
     prefix = "" if target == "host" else "arm-none-eabi-"
     cc = shutil.which(prefix + "gcc") or (shutil.which("cc") if target == "host" else None)
@@ -732,12 +732,15 @@ def toolchain_sizes(folder: str | Path, name: str, target: str) -> Sizes | None:
     with tempfile.TemporaryDirectory() as tmp:
         for extra in ([f"-D{name.upper()}_NO_FLOAT"], []):
             obj = Path(tmp) / "m.o"
-            subprocess.run(
-                [cc, "-std=c99", "-O2", "-ffunction-sections", "-fdata-sections",
-                 *TARGET_CFLAGS[target], *extra, "-c", str(src), "-o", str(obj)],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            r = subprocess.run([size, str(obj)], check=True, capture_output=True, text=True)
+            try:
+                subprocess.run(
+                    [cc, "-std=c99", "-O2", "-ffunction-sections", "-fdata-sections",
+                     *TARGET_CFLAGS[target], *extra, "-c", str(src), "-o", str(obj)],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+                r = subprocess.run([size, str(obj)], check=True, capture_output=True, text=True)
+            except subprocess.CalledProcessError:  # a compiler that cannot build for it
+                return None
             text, data, bss = (int(v) for v in r.stdout.splitlines()[1].split()[:3])
             out.append((text + data, data + bss))
     header = (Path(folder) / f"{name}.h").read_text()
