@@ -341,7 +341,11 @@ def main() -> None:
     p.add_argument("--models", default="mnist-small,mnist-paper")
     p.add_argument("--out", default="out/mcu", help="folder for results.json")
     p.add_argument("--write", help="write the markdown table here")
+    p.add_argument("--render", help="only write the table (--write) from this results.json")
     args = p.parse_args()
+    if args.render:
+        Path(args.write).write_text(markdown(json.loads(Path(args.render).read_text())))
+        return
     for tool in ("arm-none-eabi-gcc", "qemu-system-arm", "make"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install gcc-arm-none-eabi "
@@ -429,6 +433,19 @@ def markdown(info) -> str:
             )
     lines.append("")
     by = {(r["model"], r["kind"], r["board"]): r for r in info["rows"]}
+    m4, m0 = (
+        by.get(("mnist-small", "bnn", "mps2-an386")),
+        by.get(("mnist-small", "bnn", "microbit")),
+    )
+    if m4 and m0 and m4["fits"] and m0["fits"]:
+        lines.append(
+            f"- Complete mnist-small firmware: {m4['flash']:,} B (Cortex-M4) and "
+            f"{m0['flash']:,} B (Cortex-M0) of flash, at most 65,536 B; {m4['ram']:,} B and "
+            f"{m0['ram']:,} B of RAM with the stack reserve, at most 2,048 B; "
+            f"{m4['instructions']:,} instructions per inference on the Cortex-M4 (about "
+            f"{m4['instructions'] / (256 * 49 + 256 * 8 + 10 * 8):.1f} per 32-bit word of "
+            "weights, binarization included)."
+        )
     for model in dict.fromkeys(r["model"] for r in info["rows"]):
         b, q = by.get((model, "bnn", "mps2-an386")), by.get((model, "int8", "mps2-an386"))
         if b and q and b["fits"] and q["fits"]:
