@@ -124,3 +124,20 @@ def test_stack_bound_in_the_header_holds(tmp_path, board):
     frames = [int(m) for m in re.findall(r"\t(\d+)\t(?:static|dynamic)", usage)]
     assert frames and "dynamic" not in usage
     assert sum(frames) <= STACK_BYTES
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_every_block_path_on_the_m4(tmp_path, masked):
+    """Random widths through the Thumb-2 assembly blocks on the Cortex-M4: 19 words (a
+    16-word block and 3 single words), 9 words (an 8-word block and one; with absent
+    connections: the C carry-save path), 2 words."""
+    from test_export import wide_net
+
+    net, X = wide_net(np.random.default_rng(9), masked=masked)
+    export_c(net, tmp_path / "model", "mnist_small", "cortex-m4")  # the harness's model name
+    images = tmp_path / "images.u8"
+    images.write_bytes(np.ascontiguousarray(X).tobytes())
+    elf = build(tmp_path, "mps2-an386", FLASH_SIZE="262144")
+    got, _ = run(elf, "mps2-an386", images)
+    assert len(got) == len(X) and len(np.unique(got)) > 3
+    np.testing.assert_array_equal(got, net.predict(X, "reference"))
