@@ -306,8 +306,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if sizes is None:
         print(f"(no working compiler for {args.target} here: flash and RAM not measured)")
     else:
+        what = "code and constants" if args.target == "host" else "flash"
         print(
-            f"{args.target} ({sizes.compiler} -O2): flash {sizes.flash:,} B for the uint8 path "
+            f"{args.target} ({sizes.compiler} -O2): {what} {sizes.flash:,} B for the uint8 path "
             f"({sizes.flash_with_float:,} B with the float path), RAM {sizes.ram_static} B "
             f"static + a {sizes.work:,} B workspace + at most {STACK_BYTES} B of stack"
         )
