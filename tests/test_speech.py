@@ -266,8 +266,9 @@ torch = pytest.importorskip("torch")
 
 
 def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path):
-    from bitnn.speech.training import CheckpointNetwork, denoising_data, train_denoiser
+    from bitnn.speech.training import denoising_data, train_denoiser
     from bitnn.train.trainer import TrainConfig
+    from bitnn.train.twin import CheckpointNetwork
 
     speech, noises = corpus
     data = denoising_data(speech, noises, n_mixtures=30, context=1, seed=3)
