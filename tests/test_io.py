@@ -33,11 +33,17 @@ def test_round_trip(tmp_path):
     again = io.load_model(path)
     for a, b in zip(net.layers, again.layers, strict=True):
         np.testing.assert_array_equal(a.weight, b.weight)
-        np.testing.assert_array_equal(a.threshold, b.threshold)
+        # thresholds no unit can reach are stored clamped to +-(n_in + 1): the same bits
+        reach = a.n_in + 1
+        np.testing.assert_array_equal(np.clip(a.threshold, -reach, reach), b.threshold)
         assert (a.mask is None) == (b.mask is None) and a.bias_kind == b.bias_kind
+    assert np.abs(net.layers[1].threshold).max() > 10  # the clamp was exercised
     X = np.random.default_rng(5).standard_normal((100, 10))
     np.testing.assert_array_equal(net.scores(X), again.scores(X))
-    assert again.metadata == {"note": "test"}
+    # metadata the format does not know is provenance: in MODEL.json beside the model
+    assert again.metadata == {}
+    assert io.read_provenance(path) == {"note": "test"}
+    assert io.provenance_path(path) == tmp_path / "m.bnn.json"
     assert again.layers[1].threshold.dtype == np.int32
 
 
@@ -97,10 +103,11 @@ def test_newer_version_and_foreign_files():
     with pytest.raises(ModelFormatError, match="not a bitnn model"):
         io.model_from_bytes(foreign)
     broken = _rewrite_description(buf, lambda d: d["layers"][0].update(n_in=21))
-    with pytest.raises(ModelFormatError, match="inconsistent"):
+    with pytest.raises(ModelFormatError, match="layers.0.weight"):
         io.model_from_bytes(broken)
     header = json.dumps({"__metadata__": {"x": "1"}}).encode()
-    with pytest.raises(ModelFormatError, match="not a valid bitnn header"):
+    header += b" " * (-(8 + len(header)) % 8)
+    with pytest.raises(ModelFormatError, match="checksum field is missing"):
         io.model_from_bytes(struct.pack("<Q", len(header)) + header)
 
 
@@ -116,4 +123,4 @@ def test_atomic_save_keeps_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         io.save_model(small_network(1), path)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bnn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bnn", "m.bnn.json"]

@@ -683,8 +683,9 @@ def train_network(
         x_tr, y_tr, x_va, y_va = x_all, y_all, None, None
     if binarizer is None:
         binarizer = ThresholdBinarizer(0.0)
-    if not resume:
-        binarizer.fit(x_tr)
+    if not resume:  # uint8 data (pixels) give whole-number edges, stored as bytes
+        uint8 = getattr(X, "dtype", None) == np.uint8
+        binarizer.fit(x_tr.astype(np.uint8) if uint8 else x_tr)
     data = TrainData(
         to_bipolar(binarizer.transform(x_tr)),
         y_tr,
