@@ -247,6 +247,17 @@ class _EdgeBinarizer(Binarizer):
             self.input_dtype_ = "float32"
             self.edges_ = np.ascontiguousarray(normal_edges(edges))
 
+    def for_uint8_inputs(self) -> _EdgeBinarizer:
+        """A copy for uint8 inputs (0..255): edges ``ceil(edge)``, which give the same bits as
+        this binarizer on every whole number, stored as bytes (a binarizer fitted on float
+        data of pixels, say)."""
+        self._check_fitted()
+        other = type(self)(**self.get_params())
+        other._finish_edges(self.edges_, np.zeros(0, dtype=np.uint8))
+        other.n_features_in_ = self.n_features_in_
+        other._set_output_size()
+        return other
+
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = super().to_state()
         meta["input"] = self.input_dtype_
