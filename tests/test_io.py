@@ -1,6 +1,9 @@
+import hashlib
 import json
 import os
+import re
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -103,7 +106,7 @@ def test_newer_version_and_foreign_files():
     with pytest.raises(ModelFormatError, match="not a bitnn model"):
         io.model_from_bytes(foreign)
     broken = _rewrite_description(buf, lambda d: d["layers"][0].update(n_in=21))
-    with pytest.raises(ModelFormatError, match="layers.0.weight"):
+    with pytest.raises(ModelFormatError, match=r"layers\.0\.weight"):
         io.model_from_bytes(broken)
     header = json.dumps({"__metadata__": {"x": "1"}}).encode()
     header += b" " * (-(8 + len(header)) % 8)
@@ -124,3 +127,231 @@ def test_atomic_save_keeps_old_file(tmp_path, monkeypatch):
         io.save_model(small_network(1), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bnn", "m.bnn.json"]
+
+
+# ---- the strict loader (docs/format.md, section 6) ---------------------------------------------
+
+
+def _edit(buf, tensors=None, description=None):
+    """Re-encode ``buf`` after changing its tensors and/or description (checksum recomputed)."""
+    t, d = io.decode_container(buf)
+    t = {k: np.array(v) for k, v in t.items()}
+    if tensors:
+        t = tensors(t) or t
+    if description:
+        description(d)
+    return io.encode_container(t, d)
+
+
+def _seal(header: bytes, data: bytes = b"") -> bytes:
+    """A container from raw header text holding a zero digest: pad it, set the real digest."""
+    header += b" " * (-(8 + len(header)) % 8)
+    raw = struct.pack("<Q", len(header)) + header + data
+    digest = hashlib.sha256(raw).hexdigest().encode()
+    return raw.replace(b'"checksum":"sha256:' + b"0" * 64, b'"checksum":"sha256:' + digest)
+
+
+def _header(description_text: str, tensors: str = "") -> bytes:
+    meta = json.dumps({"bitnn": description_text, "checksum": "sha256:" + "0" * 64})
+    return ('{"__metadata__":' + meta.replace(" ", "") + tensors + "}").encode()
+
+
+def _set(t, name, value):
+    t[name] = value
+
+
+def _drop(t, name):
+    del t[name]
+
+
+def _flip_last(t, name, bit):
+    t[name][-1] |= np.uint8(1 << bit)
+
+
+def _weight_outside_mask(t):
+    w, m = t["layers.1.weight"], t["layers.1.mask"]
+    free = ~m
+    free[-1] &= 0x7F  # 63 bits: the last byte's top bit is padding
+    t["layers.1.weight"] = w | free
+
+
+REFUSED = [
+    ("unknown tensor", lambda t: _set(t, "extra", np.zeros(4, np.uint8)), None, "'extra'"),
+    ("weight padding", lambda t: _flip_last(t, "layers.0.weight", 7), None, "padding bits"),
+    ("bias padding", lambda t: _flip_last(t, "layers.0.bias", 7), None, "padding bits"),
+    ("mask padding", lambda t: _flip_last(t, "layers.1.mask", 7), None, "padding bits"),
+    (
+        "float threshold",
+        lambda t: _set(t, "layers.1.threshold", t["layers.1.threshold"].astype(np.float32)),
+        None,
+        "layers.1.threshold.*dtype F32",
+    ),
+    (
+        "wide threshold",
+        lambda t: _set(t, "layers.1.threshold", t["layers.1.threshold"].astype(np.int32)),
+        None,
+        "layers.1.threshold.*smallest",
+    ),
+    (
+        "unreachable threshold",
+        lambda t: _set(t, "layers.1.threshold", np.full(7, 11, np.int8)),
+        None,
+        "layers.1.threshold.*beyond",
+    ),
+    (
+        "short bias",
+        lambda t: _set(t, "layers.0.bias", t["layers.0.bias"][:1]),
+        None,
+        "layers.0.bias.*shape",
+    ),
+    (
+        "threshold under bias_kind none",
+        lambda t: _set(t, "layers.2.threshold", np.zeros(3, np.int8)),
+        None,
+        "layers.2.threshold.*not used",
+    ),
+    ("weight where absent", _weight_outside_mask, None, "layers.1.weight.*mask"),
+    ("missing tensor", lambda t: _drop(t, "layers.1.mask"), None, "layers.1.mask.*missing"),
+    (
+        "NaN edge",
+        lambda t: t["binarizer.edges_"].__setitem__((0, 0), np.nan),
+        None,
+        "edges_.*NaN",
+    ),
+    (
+        "subnormal edge",
+        lambda t: t["binarizer.edges_"].__setitem__((0, 0), -1e-40),
+        None,
+        "edges_.*subnormal",
+    ),
+    (
+        "unsorted edges",
+        lambda t: t["binarizer.edges_"].__setitem__((0, 0), 1e30),
+        None,
+        "edges_.*sorted",
+    ),
+    ("unknown key", None, lambda d: d.update(extra=1), "unknown keys \\['extra'\\]"),
+    ("unknown layer key", None, lambda d: d["layers"][1].update(x=1), "layers\\[1\\]"),
+    ("unknown metadata", None, lambda d: d["metadata"].update(note="x"), "metadata.note"),
+    ("bool as int", None, lambda d: d["layers"][0].update(n_out=True), "layers\\[0\\].n_out"),
+    ("other shape", None, lambda d: d["layers"][2].update(n_out=4), "layers.2.weight.*shape"),
+    ("unknown code", None, lambda d: d["binarizer"]["params"].update(code="x"), "params.code"),
+    ("unknown input", None, lambda d: d["binarizer"].update(input="u16"), "binarizer.input"),
+    ("unknown output", None, lambda d: d.update(output="soft"), "output"),
+    ("unknown kind", None, lambda d: d["layers"][0].update(bias_kind="b"), "bias_kind"),
+    ("long command", None, lambda d: d["metadata"].update(command="x" * 2000), "command"),
+    ("version as bool", None, lambda d: d.update(format_version=True), "format_version"),
+    (
+        "bits do not match",
+        None,
+        lambda d: d["binarizer"]["params"].update(n_bits=1, code="binary"),
+        "binarizer",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tensors", "description", "match"), [r[1:] for r in REFUSED],
+                         ids=[r[0] for r in REFUSED])  # fmt: skip
+def test_strict_loader_refuses_and_names_the_field(tmp_path, tensors, description, match):
+    net = small_network()
+    net.metadata = {}
+    path = tmp_path / "bent.bnn"
+    path.write_bytes(_edit(io.model_to_bytes(net), tensors, description))
+    with pytest.raises(ModelFormatError) as err:
+        io.load_model(path)
+    message = str(err.value)
+    assert re.search(match, message), message
+    assert str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        '{"a":' * 40 + "1" + "}" * 40,  # deep nesting: RecursionError before
+        '{"format":"bitnn-model","format_version":2,"layers":[{"n_out":' + "9" * 5000 + "}]}",
+        '{"format":"bitnn-model","format_version":2,"layers":[{"n_out":Infinity}]}',
+        '{"format":"bitnn-model","format_version":2,"x":NaN}',
+        '{"format":"bitnn-model","format_version":2,"x":1e999}',
+        '{"format":"bitnn-model","format":"bitnn-model"}',
+    ],
+    ids=["depth", "digits", "infinity", "nan", "overflow", "duplicate"],
+)
+def test_json_limits_give_model_format_errors(description):
+    buf = _seal(_header(description))
+    with pytest.raises(ModelFormatError):
+        io.model_from_bytes(buf)
+    deep = _seal(_header("{}", ',"t":' + '{"a":' * 5000 + "1" + "}" * 5000))
+    with pytest.raises(ModelFormatError, match="nests"):
+        io.model_from_bytes(deep)
+
+
+def test_checksum_is_checked_before_the_json_is_parsed():
+    deep = _header("{}", ',"t":' + "[" * 100000 + "]" * 100000)
+    sealed = _seal(deep)
+    broken = sealed[:20] + (b"1" if sealed[20:21] == b"0" else b"0") + sealed[21:]
+    # a header that would take the JSON parser 100,000 levels deep: refused on its checksum
+    with pytest.raises(ModelFormatError, match="checksum"):
+        io.decode_container(broken)  # the container's limit (checkpoints): 16 MiB of header
+    with pytest.raises(ModelFormatError, match="nests"):
+        io.decode_container(sealed)
+    with pytest.raises(ModelFormatError, match="at most 65536"):
+        io.model_from_bytes(sealed)  # a model's header: 64 KiB at most
+
+
+def test_version_1_files_load(tmp_path):
+    """A version 1 file (training history in the metadata, float edges that may be subnormal,
+    no binarizer input field) loads; its provenance is dropped and its edges made normal."""
+    net = small_network()
+    buf = io.model_to_bytes(net)
+
+    def to_v1(d):
+        d["format_version"] = 1
+        d["binarizer"].pop("input")
+        d["metadata"] = {"command": "bitnn train x", "training": {"history": [1] * 500}}
+
+    def subnormal(t):
+        t["binarizer.edges_"][0, 0] = np.float32(1.4e-45)
+        t["binarizer.edges_"][0, 1] = max(t["binarizer.edges_"][0, 1], np.float32(1))
+
+    old = io.model_from_bytes(_edit(buf, subnormal, to_v1))
+    assert old.metadata == {"command": "bitnn train x"}
+    assert old.binarizer.edges_[0, 0] == np.finfo(np.float32).tiny
+    newer = _edit(buf, None, lambda d: d.update(format_version=3))
+    with pytest.raises(ModelFormatError, match=r"version 3.*reads versions 1 to 2.*upgrade"):
+        io.model_from_bytes(newer)
+
+
+def test_loading_memory_is_bounded_by_the_file_size():
+    """The worst case: a 1-input layer of 2**21 units (one bit each) in a 256 KiB file."""
+    n_out = 1 << 21
+    weight = np.random.default_rng(0).integers(0, 256, n_out // 8, dtype=np.uint8)
+    description = {
+        "format": "bitnn-model", "format_version": 2, "output": "bits", "binarizer": None,
+        "metadata": {}, "layers": [{"n_in": 1, "n_out": n_out, "bias_kind": "none",
+                                    "masked": False}],
+    }  # fmt: skip
+    buf = io.encode_container({"layers.0.weight": weight}, description)
+    tracemalloc.start()
+    try:
+        net = io.model_from_bytes(buf)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert net.layers[0].n_out == n_out
+    # 8 bytes of words and 4 of threshold per unit (96 per file byte), a few MiB of buffers
+    assert peak <= 110 * len(buf) + (16 << 20), peak / len(buf)
+
+
+def test_provenance_beside_the_model(tmp_path):
+    net = small_network()
+    net.metadata = {"command": "bitnn train d.csv", "training": {"history": [{"loss": 1.0}] * 900}}
+    path = tmp_path / "m.bnn"
+    size = io.save_model(net, path)
+    assert size - (net.parameter_bits() + 10 * 2 * 32) / 8 < 2048  # the history is not in it
+    assert io.load_model(path).metadata == {"command": "bitnn train d.csv"}
+    assert io.read_provenance(path)["training"]["history"][0] == {"loss": 1.0}
+    path.write_bytes(path.read_bytes())  # the same file: still its provenance
+    assert io.read_provenance(path) is not None
+    net.metadata = {}
+    io.save_model(net, path)  # nothing left to record: the stale one goes
+    assert not io.provenance_path(path).exists() and io.read_provenance(path) is None
