@@ -62,9 +62,18 @@ def bit_matrix(stream: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def input_bits(binarizer: dict, tensors: dict, X: np.ndarray, ftz: bool = False) -> np.ndarray:
-    """Section 4.3 for the kinds the released models use (quantile/lloyd-max, threshold)."""
+    """Section 4.3: raw features -> input bits (0/1, float32), for every binarizer kind."""
     x = X.astype(np.float32)
     kind, params = binarizer["kind"], binarizer["params"]
+    if kind == "wta":
+        windows = tensors["binarizer.windows_"].astype(np.int64)
+        winner = np.argmax(x[:, windows], axis=2)  # (n, H): the first largest
+        if params["code"] == "onehot":
+            bits = winner[:, :, None] == np.arange(params["window"])
+        else:
+            per = int(np.ceil(np.log2(params["window"])))
+            bits = (winner[:, :, None] >> np.arange(per)) & 1
+        return bits.reshape(len(X), -1).astype(np.float32)
     if kind == "threshold":
         edges, k, code = tensors["binarizer.thresholds_"][:, None].astype(np.float32), 1, "binary"
     else:
@@ -82,8 +91,12 @@ def input_bits(binarizer: dict, tensors: dict, X: np.ndarray, ftz: bool = False)
 
 
 def forward(description: dict, tensors: dict, X: np.ndarray, ftz: bool = False) -> np.ndarray:
-    """Sections 4.2-4.3: classes (output "scores") or output bits (output "bits")."""
-    x = input_bits(description["binarizer"], tensors, X, ftz) * 2 - 1  # bit 1 = +1
+    """Sections 4.2-4.3: classes (output "scores") or output bits (output "bits"). Without a
+    binarizer, ``X`` holds the input bits (0/1)."""
+    if description["binarizer"] is None:
+        x = X.astype(np.float32) * 2 - 1
+    else:
+        x = input_bits(description["binarizer"], tensors, X, ftz) * 2 - 1  # bit 1 = +1
     layers = description["layers"]
     for i, spec in enumerate(layers):
         n_in, n_out = spec["n_in"], spec["n_out"]
@@ -219,3 +232,110 @@ def test_exported_model_under_fast_math(tmp_path, mnist_images):
     r = subprocess.run([str(exe)], input=X.tobytes(), capture_output=True, check=True)
     got = np.array([int(v) for v in r.stdout.split()])
     np.testing.assert_array_equal(got, net.predict(X, "reference"))
+
+
+def test_fuzz_reduced():
+    """A few hundred mutants of benchmarks/format_fuzz.py (the benchmark runs 100,000): only
+    ModelFormatError, and every loaded file computes what it specifies, in every engine."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "format_fuzz.py"
+    spec = importlib.util.spec_from_file_location("format_fuzz", path)
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    outcomes, _, _ = fuzz.fuzz(600, seed=12)
+    assert sum(outcomes.values()) == 600
+    bad = {k: v for k, v in outcomes.items() if not k.startswith(("refused", "loaded"))}
+    assert not bad, bad
+    assert outcomes["refused"] > 300 and outcomes["loaded, same predictions"] > 10
+
+
+LOADED_UNDER_ASAN = r"""
+import importlib.util, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import _kernels
+from bitnn.engine import compiled
+compiled._kernels = _kernels
+from bitnn import io
+from bitnn.bits import pack_bits
+from bitnn.binarize import QuantileBinarizer
+from bitnn.network import BitLayer, BitNetwork
+spec = importlib.util.spec_from_file_location("format_fuzz", sys.argv[2])
+fuzz = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fuzz)
+rng = np.random.default_rng(5)
+files = [buf for _, buf, _ in fuzz.base_models()]
+# shapes at the edges of words and panels; thresholds at +-(n_in + 1); a 256 ("never") edge
+for n_in, n_out in ((1, 1), (1, 97), (63, 33), (64, 32), (65, 31), (129, 1)):
+    w = rng.choice([-1, 0, 1], (n_out, n_in))
+    t = rng.choice([-(n_in + 1), n_in + 1, 0], n_out)
+    out = BitLayer.from_values(rng.choice([-1, 1], (3, n_out)), threshold=[-(n_out + 1), 0, 1])
+    files.append(io.model_to_bytes(BitNetwork([BitLayer.from_values(w, threshold=t), out])))
+x = rng.integers(0, 256, (40, 7), dtype=np.uint8)
+x[:, 0] = 255
+b = QuantileBinarizer(8, "thermometer").fit(x)
+files.append(io.model_to_bytes(BitNetwork([BitLayer.from_values(rng.choice([-1, 1], (5, 56)))], b)))
+for i in range(400):  # and the fuzz's mutants that load
+    kind, m = fuzz.mutate(files[i % 5], rng)
+    files.append(m)
+loaded = 0
+for buf in files:
+    try:
+        net = io.model_from_bytes(buf)
+    except io.ModelFormatError:
+        continue
+    loaded += 1
+    for variant in _kernels.available():
+        eng = compiled.CompiledEngine(variant)
+        if net.binarizer is None:
+            X = pack_bits(rng.integers(0, 2, (17, net.n_inputs), dtype=np.uint8))
+            ref = net.forward_packed(X, "reference")
+            assert np.array_equal(net.forward_packed(X, eng.variant), ref)
+            continue
+        n = net.binarizer.n_features_in_
+        xf = rng.standard_normal((17, n)).astype(np.float32) * 200
+        for X in (rng.integers(0, 256, (17, n), dtype=np.uint8), xf):
+            assert np.array_equal(net.predict(X, eng.variant), net.predict(X, "reference"))
+print("loaded", loaded, "sanitized ok")
+"""
+
+
+def test_loaded_networks_under_address_sanitizer(tmp_path):
+    """Networks the loader accepts (edge shapes, extreme thresholds and edges, the fuzz's
+    loadable mutants) run in every compiled kernel variant built with ASan and UBSan: no
+    out-of-bounds access, no undefined behaviour, the reference engine's answers."""
+    import os
+    import sys
+    import sysconfig
+
+    from bitnn.engine import compiled
+
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
+    if libasan.returncode != 0 or not Path(libasan.stdout.strip()).exists():
+        pytest.skip("gcc with AddressSanitizer is not available")
+    src = Path(compiled.__file__).with_name("_kernels.c")
+    so = tmp_path / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        ["gcc", "-O1", "-g", "-std=gnu11", "-fPIC", "-shared", "-pthread",
+         "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=undefined", f"-I{include}", str(src), "-o", str(so)],
+        check=True,
+    )  # fmt: skip
+    env = {
+        **os.environ,
+        "LD_PRELOAD": libasan.stdout.strip(),
+        "ASAN_OPTIONS": "detect_leaks=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1",
+    }
+    script = tmp_path / "check.py"
+    script.write_text(LOADED_UNDER_ASAN)
+    fuzz = Path(__file__).resolve().parent.parent / "benchmarks" / "format_fuzz.py"
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(fuzz)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0 and "sanitized ok" in r.stdout, r.stderr[-3000:]
+    assert "runtime error" not in r.stderr, r.stderr[-3000:]
+    assert int(r.stdout.split()[1]) > 20  # enough loaded networks were run

@@ -355,3 +355,23 @@ def test_provenance_beside_the_model(tmp_path):
     net.metadata = {}
     io.save_model(net, path)  # nothing left to record: the stale one goes
     assert not io.provenance_path(path).exists() and io.read_provenance(path) is None
+
+
+def test_info_shows_the_provenance_beside_the_model(tmp_path, capsys):
+    from bitnn.cli import main
+
+    net = small_network()
+    history = [{"epoch": e, "loss": 1.0 / e, "round": 1, "val_accuracy": 0.5} for e in (1, 2, 3)]
+    training = {"history": history, "best_val_accuracy": {"1": 0.75}}
+    net.metadata = {"command": "bitnn train d.csv", "training": training}
+    path = tmp_path / "m.bnn"
+    io.save_model(net, path)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "75.00% accuracy" in out and f"3 epochs in {path}.json" in out
+    assert main(["info", "--json", str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["provenance"]["training"]["history"] == history
+    io.provenance_path(path).unlink()  # without it: the model alone
+    assert main(["info", str(path)]) == 0
+    assert "epochs in" not in capsys.readouterr().out

@@ -103,9 +103,10 @@ def _parse_constant(text: str) -> Any:
     raise _JSONLimitError(f"{text} is not a number JSON allows")
 
 
-def parse_json(text: str, what: str, field: str) -> Any:
+def parse_json(text: str, what: str, field: str, allow_nan: bool = False) -> Any:
     """Strict JSON: nesting at most ``MAX_JSON_DEPTH`` deep, integers of at most 19 digits,
-    finite numbers, no NaN/Infinity, no duplicate keys. Any defect is a ModelFormatError."""
+    finite numbers, no NaN/Infinity (unless ``allow_nan``), no duplicate keys. Any defect is
+    a ModelFormatError."""
     depth = deepest = 0
     for m in _BRACKETS.finditer(_JSON_STRING.sub('""', text)):
         depth += 1 if m.group() in "[{" else -1
@@ -119,8 +120,8 @@ def parse_json(text: str, what: str, field: str) -> Any:
             text,
             object_pairs_hook=_no_duplicates,
             parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=_parse_constant,
+            parse_float=float if allow_nan else _parse_float,
+            parse_constant=float if allow_nan else _parse_constant,
         )
     except _JSONLimitError as exc:
         raise ModelFormatError(f"{what}: {field}: {exc}; {_FIX}") from None
@@ -195,11 +196,12 @@ def _verify_checksum(buf: bytes, n: int, what: str) -> None:
 
 
 def decode_container(
-    buf: bytes, what: str = "file", max_header: int = _MAX_HEADER
+    buf: bytes, what: str = "file", max_header: int = _MAX_HEADER, allow_nan: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Verify and parse container bytes. Raises :class:`ModelFormatError` on any defect.
 
-    Tensors are read-only views of ``buf`` (no copy): memory stays the file's size."""
+    Tensors are read-only views of ``buf`` (no copy): memory stays the file's size.
+    ``allow_nan``: the description may hold NaN/Infinity (a checkpoint's diverged loss)."""
     size = len(buf)
     if size < 8:
         raise ModelFormatError(f"{what} is {size} bytes long: truncated or not a bitnn file")
@@ -229,7 +231,7 @@ def decode_container(
         )
     if not isinstance(meta["bitnn"], str):
         raise ModelFormatError(f"{what}: __metadata__.bitnn must be a JSON string; {_FIX}")
-    description = parse_json(meta["bitnn"], what, "the description (__metadata__.bitnn)")
+    description = parse_json(meta["bitnn"], what, "the description (__metadata__.bitnn)", allow_nan)
     if not isinstance(description, dict):
         raise ModelFormatError(f"{what}: the description must be a JSON object; {_FIX}")
     data = memoryview(buf)[8 + n :]
@@ -643,9 +645,9 @@ def _layer(r: _Reader, i: int, spec: Any, v1: bool) -> BitLayer:
 
 
 def _binarizer(r: _Reader, spec: Any, n_bits_out: int, v1: bool) -> Binarizer:
-    if not isinstance(spec, dict) or spec.get("kind") not in _BINARIZER_PARAMS:
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if not (isinstance(kind, str) and kind in _BINARIZER_PARAMS):
         raise r.fail("binarizer.kind", f"must be one of {sorted(_BINARIZER_PARAMS)}")
-    kind = spec["kind"]
     edged = kind in ("quantile", "lloyd-max")
     keys = {"kind", "params", "n_features_in"} | ({"input"} if edged and not v1 else set())
     spec = r.keys(spec, "binarizer", keys)

@@ -585,7 +585,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         buf = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(f"no checkpoint at {path}: nothing to resume (drop --resume)") from None
-    tensors, description = decode_container(buf, str(path))
+    tensors, description = decode_container(buf, str(path), allow_nan=True)  # NaN losses
     if description.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{path} is not a bitnn training checkpoint")
     if description.get("format_version") != CHECKPOINT_VERSION:
