@@ -312,10 +312,22 @@ def test_version_1_files_load(tmp_path):
     def subnormal(t):
         t["binarizer.edges_"][0, 0] = np.float32(1.4e-45)
         t["binarizer.edges_"][0, 1] = max(t["binarizer.edges_"][0, 1], np.float32(1))
+        t["layers.1.threshold"] = np.array([300, -300, 0, 1, 2, 3, 4], np.int16)
 
     old = io.model_from_bytes(_edit(buf, subnormal, to_v1))
     assert old.metadata == {"command": "bitnn train x"}
     assert old.binarizer.edges_[0, 0] == np.finfo(np.float32).tiny
+    # version 1 stored unreachable thresholds: a hidden layer's load clamped (the same bits)
+    assert old.layers[1].threshold.tolist() == [10, -10, 0, 1, 2, 3, 4]
+    # ... but a classifier's score offsets cannot be clamped: refused, saying what reads them
+    net.layers[2] = BitLayer(net.layers[2].weight, 7, np.array([1, 2, 3]))
+    scores = _edit(
+        io.model_to_bytes(net),
+        lambda t: _set(t, "layers.2.threshold", np.array([100, 0, 0], np.int8)),
+        to_v1,
+    )
+    with pytest.raises(ModelFormatError, match=r"layers\.2\.threshold.*bitnn that wrote it"):
+        io.model_from_bytes(scores)
     newer = _edit(buf, None, lambda d: d.update(format_version=3))
     with pytest.raises(ModelFormatError, match=r"version 3.*reads versions 1 to 2.*upgrade"):
         io.model_from_bytes(newer)

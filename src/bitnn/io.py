@@ -597,7 +597,7 @@ def _check_version(description: dict[str, Any], what: str) -> int:
     return version
 
 
-def _layer(r: _Reader, i: int, spec: Any, v1: bool) -> BitLayer:
+def _layer(r: _Reader, i: int, spec: Any, v1: bool, last_scores: bool) -> BitLayer:
     field = f"layers[{i}]"
     spec = r.keys(spec, field, {"n_in", "n_out", "bias_kind", "masked"})
     n_in = r.integer(spec["n_in"], f"{field}.n_in", 1, MAX_UNITS)
@@ -624,7 +624,16 @@ def _layer(r: _Reader, i: int, spec: Any, v1: bool) -> BitLayer:
         dtypes = ("I8", "I16", "I32")
         t = r.tensor(f"{name}.threshold", dtypes, (n_out,))
         reach = n_in + 1
-        if np.any(np.abs(t.astype(np.int64)) > reach):
+        beyond = np.any(np.abs(t.astype(np.int64)) > reach)
+        if beyond and v1 and not last_scores:  # version 1 allowed them: the same bits clamped
+            t = np.clip(t.astype(np.int64), -reach, reach)
+        elif beyond and v1:
+            raise ModelFormatError(
+                f"{r.what}: tensor '{name}.threshold' holds score offsets beyond +-{reach}, "
+                "which format version 2 cannot express; load this version 1 file with the "
+                "bitnn that wrote it (before format version 2) and retrain or re-export it"
+            )
+        elif beyond:
             raise r.fail(
                 f"tensor '{name}.threshold'",
                 f"holds thresholds beyond +-{reach} (n_in + 1), which no unit can reach",
@@ -635,7 +644,7 @@ def _layer(r: _Reader, i: int, spec: Any, v1: bool) -> BitLayer:
                 f"is {_DTYPE_NAMES[t.dtype]} but its values need only "
                 f"{_DTYPE_NAMES[threshold_dtype(t)]} (the smallest of I8/I16/I32 is required)",
             )
-        threshold = t.astype(np.int32)
+        threshold = np.asarray(t).astype(np.int32)
     else:
         threshold = np.zeros(n_out, dtype=np.int32)
     try:
@@ -752,7 +761,8 @@ def model_from_bytes(buf: bytes, what: str = "model") -> BitNetwork:
         raise r.fail("layers", f"must be a list of 1 to {MAX_LAYERS} layers")
     layers: list[BitLayer] = []
     for i, spec in enumerate(specs):
-        layer = _layer(r, i, spec, v1)
+        last_scores = i == len(specs) - 1 and output == "scores"
+        layer = _layer(r, i, spec, v1, last_scores)
         if layers and layers[-1].n_out != layer.n_in:
             raise r.fail(f"layers[{i}].n_in", f"is {layer.n_in}, but layer {i - 1} has "
                          f"{layers[-1].n_out} outputs")  # fmt: skip
