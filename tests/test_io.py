@@ -387,3 +387,34 @@ def test_info_shows_the_provenance_beside_the_model(tmp_path, capsys):
     io.provenance_path(path).unlink()  # without it: the model alone
     assert main(["info", str(path)]) == 0
     assert "epochs in" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("code", ["thermometer", "binary", "gray"])
+def test_uint8_edges_are_whole_bytes_and_give_the_same_bits(code):
+    from bitnn.binarize import LloydMaxBinarizer
+
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 256, (300, 6), dtype=np.uint8)
+    X[:, 0], X[:, 1] = 0, 255  # constant features: an edge of 1 (not 1.4e-45) and of 256
+    every = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 6, axis=1)
+    for klass in (QuantileBinarizer, LloydMaxBinarizer):
+        floats = klass(2, code).fit(X.astype(np.float32))
+        whole = klass(2, code).fit(X)
+        assert whole.input_dtype_ == "uint8" and floats.input_dtype_ == "float32"
+        assert np.array_equal(whole.edges_, np.round(whole.edges_))
+        if klass is QuantileBinarizer:  # (Lloyd-Max's midpoints of equal centres: edge 0)
+            assert whole.edges_[0].min() >= 1 and whole.edges_[1].max() == 256
+        np.testing.assert_array_equal(whole.transform(every), floats.transform(every))
+        np.testing.assert_array_equal(floats.for_uint8_inputs().edges_, whole.edges_)
+        # stored as U16 here (an edge of 256), loaded back exactly
+        net = BitNetwork([BitLayer.from_values(rng.choice([-1, 1], (3, 12)))], whole)
+        tensors, description = io.decode_container(io.model_to_bytes(net))
+        assert tensors["binarizer.edges_"].dtype == np.uint16
+        assert description["binarizer"]["input"] == "uint8"
+        again = io.model_from_bytes(io.model_to_bytes(net))
+        np.testing.assert_array_equal(again.predict(every), net.predict(every))
+        # float32 fits never give subnormal edges: an always-0 feature's -> 2**-126
+        edges = floats.edges_[np.nonzero(floats.edges_)]
+        assert np.abs(edges).min() >= np.finfo(np.float32).tiny
+        if klass is QuantileBinarizer:
+            assert floats.edges_[0].min() == np.finfo(np.float32).tiny
