@@ -308,7 +308,9 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert main([*base[:2], str(best), *base[3:], *small]) == 0  # the default preset: best
     sp = load_model(best).metadata["speech"]
     assert sp["spectrogram"]["context"] == 1 and sp["spectrogram"]["floor_percentile"] == 20
-    assert sp["data_options"]["mixtures"] == 20
+    from bitnn.io import read_provenance  # how the mixtures were drawn: beside the model
+
+    assert read_provenance(best)["speech"]["data_options"]["mixtures"] == 20
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
     assert main([*base, "--resume", "--force"]) == 0  # the data options come from the run

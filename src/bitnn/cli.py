@@ -99,6 +99,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.model)
     net = load_model(path)
     s = model_summary(net, path)
+    from bitnn.io import provenance_path, read_provenance
+
+    provenance = read_provenance(path) or {}  # training history etc., beside the model
+    if provenance:
+        s["provenance"] = {"file": str(provenance_path(path)), **provenance}
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -119,11 +124,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     ratio = s["float32_bytes"] / s["file_bytes"]
     print(f"float32      {_fmt_bytes(s['float32_bytes'])} for the same shape ({ratio:.1f}x larger)")
     print(f"binary ops   {s['binary_ops_per_inference']:,} per inference")
-    training = net.metadata.get("training")
-    if training:
-        best = training.get("best_val_accuracy", {})
-        last = best[max(best)] if best else None
-        if last is not None:
+    training = provenance.get("training")
+    if isinstance(training, dict):
+        best = training.get("best_val_accuracy")
+        last = best[max(best)] if isinstance(best, dict) and best else None
+        if isinstance(last, int | float):
             what = "bit accuracy" if net.output == "bits" else "accuracy"
             print(f"validation   {100 * last:.2f}% {what} (the kept network of the last round)")
     speech = net.metadata.get("speech")
@@ -148,6 +153,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
     if "command" in net.metadata:
         print(f"trained with {net.metadata['command']}")
+    if isinstance(training, dict) and isinstance(training.get("history"), list):
+        print(
+            f"history      {len(training['history'])} epochs in {provenance_path(path)} "
+            "(bitnn info --json shows them)"
+        )
     return 0
 
 

@@ -585,7 +585,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         buf = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(f"no checkpoint at {path}: nothing to resume (drop --resume)") from None
-    tensors, description = decode_container(buf, str(path))
+    tensors, description = decode_container(buf, str(path), allow_nan=True)  # NaN losses
     if description.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{path} is not a bitnn training checkpoint")
     if description.get("format_version") != CHECKPOINT_VERSION:
@@ -683,8 +683,9 @@ def train_network(
         x_tr, y_tr, x_va, y_va = x_all, y_all, None, None
     if binarizer is None:
         binarizer = ThresholdBinarizer(0.0)
-    if not resume:
-        binarizer.fit(x_tr)
+    if not resume:  # uint8 data (pixels) give whole-number edges, stored as bytes
+        uint8 = getattr(X, "dtype", None) == np.uint8
+        binarizer.fit(x_tr.astype(np.uint8) if uint8 else x_tr)
     data = TrainData(
         to_bipolar(binarizer.transform(x_tr)),
         y_tr,
