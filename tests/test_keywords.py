@@ -11,7 +11,7 @@ import pytest
 from bitnn.cli import main
 from bitnn.data.audio import write_wav
 from bitnn.errors import InputError
-from bitnn.io import load_model
+from bitnn.io import load_model, read_provenance
 from bitnn.speech.keywords import (
     UtteranceFeatures,
     audio_class_folders,
@@ -159,7 +159,8 @@ def test_fsdd_digits_train_on_takes_5_to_49_and_test_on_0_to_4(fsdd, tmp_path, c
     args = ["train", "fsdd", "-o", model, "--hidden", "64", "--epochs1", "4", "--epochs2", "4"]
     assert main(args) == 0
     net = load_model(model)
-    assert net.metadata["training"]["n_train"] == 2400 and net.metadata["training"]["n_val"] == 300
+    training = read_provenance(model)["training"]
+    assert training["n_train"] == 2400 and training["n_val"] == 300
     assert keyword_settings(net.metadata)[1] == [str(d) for d in range(10)]
     capsys.readouterr()
     assert main(["eval", model, "fsdd", "--json"]) == 0
@@ -186,3 +187,47 @@ def test_twin_from_a_checkpoint_predicts_classes(tmp_path):
     round2, twin = CheckpointNetwork(ckpt, 2), CheckpointNetwork(ckpt, 1)
     np.testing.assert_array_equal(round2.predict(X), net.predict(X))  # round 2 is the BNN
     assert twin.predict(X).shape == (300,) and np.mean(twin.predict(X) == y) > 0.6  # chance 0.25
+
+
+def test_the_model_file_keeps_keyword_settings_and_refuses_bad_ones(tmp_path):
+    from bitnn import io
+    from bitnn.errors import ModelFormatError
+
+    net = load_model("models/digits-8k.bnn")
+    assert keyword_settings(net.metadata)[1] == [str(d) for d in range(10)]  # not in a sidecar
+    tensors, description = io.decode_container(io.model_to_bytes(net))
+    for key, value in (("n_segments", 0), ("f_min", None), ("extra", 1)):
+        bad = {**description, "metadata": {**description["metadata"]}}
+        bad["metadata"]["keywords"] = {
+            **description["metadata"]["keywords"],
+            "features": {**description["metadata"]["keywords"]["features"], key: value},
+        }
+        with pytest.raises(ModelFormatError, match=r"metadata\.keywords"):
+            io.model_from_bytes(io.encode_container(tensors, bad))
+    bad = {**description, "metadata": {**description["metadata"]}}
+    bad["metadata"]["keywords"] = {**description["metadata"]["keywords"], "classes": ["a", "b"]}
+    with pytest.raises(ModelFormatError, match="each of the model's output classes"):
+        io.model_from_bytes(io.encode_container(tensors, bad))
+
+
+def test_deployment_commands_need_numpy_only(tmp_path):
+    """info, eval and predict on features import neither scipy, soundfile, matplotlib nor torch,
+    also for keyword models (whose feature code needs scipy only for recordings)."""
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "x.npz", X=np.zeros((2, 784), np.float32))
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("scipy", "soundfile", "matplotlib", "torch"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+from bitnn.cli import main
+assert main(["info", "models/digits-8k.bnn"]) == 0
+assert main(["info", "models/denoise-8k.bnn"]) == 0
+assert main(["predict", "models/mnist-small.bnn", {str(tmp_path / "x.npz")!r}]) == 0
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

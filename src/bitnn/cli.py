@@ -141,15 +141,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             + (f"; magnitudes relative to their bin's {floor:g}th percentile" if floor else "")
             + "; outputs a binary mask per frame"
         )
-    from bitnn.speech.keywords import keyword_settings
-
-    keywords = keyword_settings(net.metadata)
-    if keywords is not None:
-        f, classes = keywords
+    keywords = net.metadata.get("keywords")  # read as is: info needs no scipy
+    if isinstance(keywords, dict):
+        f, classes = keywords["features"], keywords["classes"]
         print(
             f"keywords     {len(classes)} classes ({', '.join(classes)}) from recordings at "
-            f"{f.rate} Hz: {f.n_bands} mel bands x {f.n_segments} segments of the trimmed "
-            "utterance"
+            f"{f['rate']} Hz: {f['n_bands']} mel bands x {f['n_segments']} segments of the "
+            "trimmed utterance"
         )
     if "command" in net.metadata:
         print(f"trained with {net.metadata['command']}")
@@ -606,7 +604,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         keywords = keyword_settings(net.metadata)
         classes = keywords[1] if keywords else [str(c) for c in range(net.n_outputs)]
-        history = net.metadata.get("training", {}).get("history")
+        from bitnn.io import read_provenance
+
+        history = ((read_provenance(model) or {}).get("training") or {}).get("history")
         index = classifier_report(
             net,
             model,

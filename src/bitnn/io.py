@@ -345,6 +345,43 @@ def _spectrogram_problem(sp: Any) -> str | None:
     return None
 
 
+_KEYWORD_FEATURE_KEYS = {
+    "rate",
+    "frame",
+    "hop",
+    "n_bands",
+    "n_segments",
+    "f_min",
+    "trim_db",
+    "floor_db",
+}
+MAX_CLASSES_NAMED = 4096
+
+
+def _keywords_problem(value: Any) -> str | None:
+    """Why ``value`` is not a keyword model's entry (``bitnn.speech.keywords``)."""
+    if not isinstance(value, dict) or set(value) != {"features", "classes"}:
+        return "must be an object with exactly the keys classes and features"
+    f = value["features"]
+    if not isinstance(f, dict) or set(f) != _KEYWORD_FEATURE_KEYS:
+        return f"features must be an object with exactly the keys {sorted(_KEYWORD_FEATURE_KEYS)}"
+    for key, (lo, hi) in _SPECTROGRAM_INTS.items():
+        if not _is_int(f[key], lo, hi):
+            return f"features.{key} must be a whole number from {lo} to {hi}"
+    if not (_is_int(f["n_bands"], 2, 1 << 18) and _is_int(f["n_segments"], 1, 256)):
+        return "features.n_bands must be a whole number >= 2 and n_segments one from 1 to 256"
+    if not all(_is_number(f[k]) for k in ("f_min", "trim_db", "floor_db")):
+        return "features.f_min, trim_db and floor_db must be finite numbers"
+    classes = value["classes"]
+    if not (
+        isinstance(classes, list)
+        and 2 <= len(classes) <= MAX_CLASSES_NAMED
+        and all(isinstance(c, str) and 0 < len(c) <= 256 for c in classes)
+    ):
+        return f"classes must be a list of 2 to {MAX_CLASSES_NAMED} names (1-256 characters)"
+    return None
+
+
 def _metadata_problem(key: str, value: Any) -> str | None:
     """Why ``value`` cannot be the model file's metadata entry ``key`` (None: it can)."""
     if key in _TEXT_KEYS:
@@ -358,7 +395,10 @@ def _metadata_problem(key: str, value: Any) -> str | None:
             return "level_rms must be a positive number"
         problem = _spectrogram_problem(value["spectrogram"])
         return None if problem is None else "spectrogram " + problem
-    return f"is not a key this format knows (known: {sorted([*_TEXT_KEYS, 'speech'])})"
+    if key == "keywords":
+        return _keywords_problem(value)
+    known = sorted([*_TEXT_KEYS, "keywords", "speech"])
+    return f"is not a key this format knows (known: {known})"
 
 
 def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -771,6 +811,10 @@ def model_from_bytes(buf: bytes, what: str = "model") -> BitNetwork:
     if description["binarizer"] is not None:
         binarizer = _binarizer(r, description["binarizer"], layers[0].n_in, v1)
     metadata = _metadata(r, description["metadata"], v1)
+    if "keywords" in metadata and (
+        output != "scores" or len(metadata["keywords"]["classes"]) != layers[-1].n_out
+    ):
+        raise r.fail("metadata.keywords.classes", "must name each of the model's output classes")
     unused = sorted(set(tensors) - r.used)
     if unused:
         raise r.fail(f"tensor {unused[0]!r}", "is not used by the declared layers and binarizer")

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from bitnn.errors import InputError
-from bitnn.speech.spectra import SpectrogramConfig, stft
 
 KEYWORDS_KEY = "keywords"  # the metadata entry of a model trained on utterance features
 
@@ -49,7 +48,7 @@ class UtteranceFeatures:
     floor_db: float = -80.0
 
     def __post_init__(self) -> None:
-        SpectrogramConfig(rate=self.rate, frame=self.frame, hop=self.hop)  # validates those
+        self.spectrogram  # noqa: B018 (validates rate, frame and hop)
         if not (isinstance(self.n_bands, int) and 2 <= self.n_bands <= self.frame // 4):
             raise InputError(f"n_bands must be a whole number in 2..{self.frame // 4}")
         if not (isinstance(self.n_segments, int) and 1 <= self.n_segments <= 256):
@@ -64,7 +63,9 @@ class UtteranceFeatures:
         return self.n_segments * self.n_bands
 
     @property
-    def spectrogram(self) -> SpectrogramConfig:
+    def spectrogram(self) -> Any:  # a SpectrogramConfig (scipy is imported only when used)
+        from bitnn.speech.spectra import SpectrogramConfig
+
         return SpectrogramConfig(rate=self.rate, frame=self.frame, hop=self.hop)
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +117,8 @@ def segment_means(frames: np.ndarray, n_segments: int) -> np.ndarray:
 def utterance_features(x: np.ndarray, config: UtteranceFeatures | None = None) -> np.ndarray:
     """A mono signal at ``config.rate`` -> ``(n_segments * n_bands,)`` float32 levels in dB
     (0 = the utterance's loudest, down to ``floor_db``), segment-major."""
+    from bitnn.speech.spectra import stft
+
     config = config or UtteranceFeatures()
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 1 or x.size == 0:
