@@ -519,6 +519,8 @@ class Trainer:
                 if isinstance(value, torch.Tensor):
                     tensors[f"optim.{idx}.{key}"] = value.detach().cpu().numpy()
         tensors["rng.torch"] = torch.get_rng_state().numpy()
+        if self.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device).numpy()
         tensors["rng.shuffle"] = self.shuffle.get_state().numpy()
         if self.perm is not None:
             tensors["epoch_order"] = self.perm.numpy()
@@ -574,6 +576,8 @@ class Trainer:
             opt_state["param_groups"].append({**saved, "params": group["params"]})
         self.optimizer.load_state_dict(opt_state)
         torch.set_rng_state(torch.from_numpy(np.array(tensors["rng.torch"])))
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(tensors["rng.cuda"])), self.device)
         self.shuffle.set_state(torch.from_numpy(np.array(tensors["rng.shuffle"])))
         self.perm = (
             torch.from_numpy(np.array(tensors["epoch_order"])) if "epoch_order" in tensors else None
