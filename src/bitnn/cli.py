@@ -524,6 +524,7 @@ def _report_mixtures(args: argparse.Namespace, rate: int) -> list[Any]:
         from bitnn.speech.protocol import test_mixtures
 
         specs = test_mixtures(audio)[args.set or "test"]
+        args.snr = 0.0 if args.snr is None else args.snr  # the paper's test condition
     specs = [s for s in specs if args.snr is None or s.snr_db == args.snr]
     if not specs:
         raise InputError(f"no mixtures at {args.snr:g} dB; choose another --snr")
@@ -844,7 +845,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default=None, help=argparse.SUPPRESS)
     s.add_argument("--mixtures", help="denoisers: a mixture manifest (default: the test set)")
     s.add_argument("--set", help="denoisers: the manifest's set to use (default: test)")
-    s.add_argument("--snr", type=float, default=0.0, help="denoisers: mixtures at this SNR (0)")
+    s.add_argument(
+        "--snr",
+        type=float,
+        default=None,
+        help="denoisers: only mixtures at this SNR (default: 0 dB of the test set; a "
+        "manifest's: all)",
+    )
     s.add_argument("--examples", type=int, default=4, help="denoisers: examples to show (4)")
     s.add_argument("--twin", help="denoisers: training checkpoint (default: MODEL.ckpt)")
     s.add_argument("--benchmark", help="denoisers: benchmarks/denoise.py's JSON to include")
