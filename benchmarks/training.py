@@ -11,12 +11,19 @@ as sign(W) forward and tanh'(W) backward in one autograd op; fused Adam). Both c
 values and gradients (the tests hold the ops equal); the optimizer may round differently.
 Prints the median step time (forward, backward, optimizer step on random +1/-1 batches) per
 round and the ratio.
+
+``--profile``: instead, the profile of the trainer's step side by side with a plain float32
+MLP of the same shape (tanh, Adam, cross-entropy, the same batch: what a bitnn step should
+cost at most), at each thread count of ``--threads``, and where a bitnn step spends its time
+(PyTorch's profiler, self CPU time of each op, grouped: matmuls, binarization and surrogates,
+dropout, optimizer, data movement, the rest).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import time
 from types import SimpleNamespace
 
@@ -96,13 +103,106 @@ def step_times(hidden, batch, steps, round_, before: bool) -> float:
     return float(np.median(times))
 
 
+def float_step_times(hidden, batch, steps) -> float:
+    """A plain float32 MLP of the same shape: tanh, Adam (PyTorch's default), cross-entropy."""
+    torch.manual_seed(0)
+    sizes = [1568, *hidden]
+    mods: list[torch.nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        mods += [torch.nn.Linear(a, b), torch.nn.Tanh()]
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(steps + 3):
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+_GROUPS = [  # (group, substrings of op names), first match wins
+    ("matmuls", ("mm", "matmul", "linear", "addmm")),
+    ("optimizer", ("adam", "_foreach", "lerp", "sqrt", "addcdiv", "addcmul")),
+    ("dropout", ("dropout", "bernoulli", "rand")),
+    ("binarization and surrogates", ("sign", "tanh", "where", "abs", "ge", "lt", "clamp")),
+    ("data movement", ("copy", "to", "index", "cat", "stack", "view", "reshape", "contiguous")),
+]
+
+
+def profile_groups(hidden, batch, round_) -> dict[str, float]:
+    """Seconds of self CPU time per op group in one trainer step (median over 20 steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden=hidden, bias_kind="bias", dropout_input=0.1, dropout_hidden=0.2)
+    model = BitMLP(1568, hidden, 10, "bias", "bias", 0.0, 0.1, 0.2)
+    model.set_round(round_)
+    optimizer = Trainer._make_optimizer(SimpleNamespace(config=cfg, model=model), 1e-3)
+    x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
+    y = torch.randint(0, 10, (batch,))
+    steps = 20
+    for i in range(steps + 3):
+        if i == 3:
+            prof = profile(activities=[ProfilerActivity.CPU])
+            prof.__enter__()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    prof.__exit__(None, None, None)
+    groups = {name: 0.0 for name, _ in _GROUPS} | {"the rest": 0.0}
+    for ev in prof.key_averages():
+        name = ev.key.lower()
+        group = next((g for g, keys in _GROUPS if any(k in name for k in keys)), "the rest")
+        groups[group] += ev.self_cpu_time_total * 1e-6 / steps
+    return groups
+
+
+def profile_main(hidden, batch, steps, threads: list[int]) -> None:
+    print("| threads | float32 MLP | bitnn round 1 | bitnn round 2 | round 1 / float | "
+          "round 2 / float |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in threads:
+        torch.set_num_threads(n)
+        f = float_step_times(hidden, batch, steps)
+        r1 = step_times(hidden, batch, steps, 1, False)
+        r2 = step_times(hidden, batch, steps, 2, False)
+        print(f"| {n} | {1e3 * f:.1f} ms | {1e3 * r1:.1f} ms | {1e3 * r2:.1f} ms | "
+              f"{r1 / f:.2f}x | {r2 / f:.2f}x |")  # fmt: skip
+    print()
+    torch.set_num_threads(threads[0])
+    print(f"Where a step's time goes ({threads[0]} thread(s), self CPU time per step):")
+    print()
+    rows = {r: profile_groups(hidden, batch, r) for r in (1, 2)}
+    print("| ops | round 1 | round 2 |")
+    print("|---|---:|---:|")
+    for group in rows[1]:
+        print(f"| {group} | {1e3 * rows[1][group]:.2f} ms | {1e3 * rows[2][group]:.2f} ms |")
+    total = {r: sum(v.values()) for r, v in rows.items()}
+    print(f"| total | {1e3 * total[1]:.2f} ms | {1e3 * total[2]:.2f} ms |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", default="1024,1024,1024")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
+    p.add_argument("--threads", default="1,2", help="--profile: thread counts to time")
     args = p.parse_args()
     hidden = tuple(int(h) for h in args.hidden.split(","))
+    if args.profile:
+        print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "
+              f"{args.batch}; median of {args.steps} steps")  # fmt: skip
+        print()
+        profile_main(hidden, args.batch, args.steps, [int(t) for t in args.threads.split(",")])
+        return
     print(
         f"{machine()}, {torch.get_num_threads()} torch threads, "
         f"PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch {args.batch}; "
