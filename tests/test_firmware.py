@@ -98,14 +98,23 @@ def test_firmware_fits_and_agrees_with_python(tmp_path, board, mnist_test):
 
 
 def test_float_path_on_the_m4_with_flush_to_zero(tmp_path, mnist_test):
-    """predict_f32 on the Cortex-M4's FPU with FPSCR.FZ set (the harness sets it): the released
-    model's subnormal edges (1.4e-45) would be flushed to 0 and change classes."""
+    """predict_f32 on the Cortex-M4's FPU with FPSCR.FZ set (the harness sets it), with the
+    edges models saved in format version 1 had: 1.4e-45 (subnormal) where the fitted edge was
+    'above 0'. Same bits as 1.0 for pixel values; flushed to 0 they would turn blank pixels on."""
+    net = load_model(MODEL)
+    edges = net.binarizer.edges_
+    edges[edges == 1.0] = np.float32(1.4e-45)
+    assert np.sum(edges < 1e-38) > 100
+    export_c(net, tmp_path / "model", "mnist_small", "cortex-m4")
+    x = mnist_test.astype(np.float32)
+    expected = net.predict(x)
+    np.testing.assert_array_equal(expected, load_model(MODEL).predict(x))
     images = tmp_path / "images.f32"
-    images.write_bytes(mnist_test.astype(np.float32).tobytes())
+    images.write_bytes(x.tobytes())
     elf = build(tmp_path, "mps2-an386", EXTRA_CFLAGS="-DHARNESS_F32", FLASH_SIZE="131072",
                 RAM_SIZE="8192")  # fmt: skip
     got, _ = run(elf, "mps2-an386", images)
-    np.testing.assert_array_equal(got, load_model(MODEL).predict(mnist_test.astype(np.float32)))
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("board", list(BOARDS))
