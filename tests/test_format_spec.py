@@ -205,7 +205,8 @@ FAST_MATH_MAIN = r"""
 #include "m.h"
 int main(void) {
     float x[M_FEATURES];
-    while (fread(x, 4, M_FEATURES, stdin) == M_FEATURES) printf("%d\n", m_predict_f32(x));
+    uint32_t work[M_WORK_WORDS];
+    while (fread(x, 4, M_FEATURES, stdin) == M_FEATURES) printf("%d\n", m_predict_f32(x, work));
     return 0;
 }
 """
