@@ -49,8 +49,15 @@ def test_train_info_eval_predict(data, capsys):
     pytest.importorskip("torch")
     model = data / "m.bnn"
     assert main(["train", str(data / "d.npz"), "-o", str(model), *TRAIN, "--preset", "best"]) == 0
-    assert model.exists() and (data / "m.bnn.ckpt").exists()
-    capsys.readouterr()
+    assert model.exists() and not (data / "m.bnn.ckpt").exists()  # removed after success
+    captured = capsys.readouterr()
+    # what the run said: its whole configuration, data, device, progress and a summary
+    assert "bitnn train (preset best): --hidden 32; --bias-kind threshold" in captured.err
+    assert "270 training samples x 6 features" in captured.err and "device: cpu" in captured.err
+    assert "round 2 epoch 4/4" in captured.err and "run 100% done" in captured.err
+    assert "run 50% done, about" in captured.err  # the whole run's time left, in a log too
+    assert "training checkpoint removed" in captured.out
+    assert "validation accuracy: best" in captured.out and ", last " in captured.out
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
     assert "6 -> 12 -> 32 -> 3" not in out and "12 -> 32 -> 3" in out
