@@ -11,8 +11,9 @@ The names below are imported on first use, so that ``import bitnn`` itself is in
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing itself is not imported: every millisecond before the CLI's
+# Ctrl-C handling is a moment where Ctrl-C gives a traceback
 __version__ = "0.1.0"
 
 _WHERE = {
@@ -51,6 +52,8 @@ __all__ = [
 assert sorted(__all__) == sorted(_WHERE)
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from bitnn.binarize import (
         LloydMaxBinarizer,
         QuantileBinarizer,
