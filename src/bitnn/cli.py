@@ -496,9 +496,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     from bitnn.progress import ProgressBar
     from bitnn.speech.denoise import Denoiser
 
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise InputError(f"{output} already exists; choose another -o or pass --force")
+    output = check_output_file(args.output, args.force)
+    _refuse_same_file(output, args.model, args.input)
     denoiser = Denoiser(load_model(args.model), args.engine)
     x, notes = read_audio(args.input, denoiser.rate)
     for note in notes:
@@ -567,10 +566,14 @@ def _training_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    import time
+
     from bitnn.binarize import binarizer_from_spec
     from bitnn.speech.training import denoising_data, train_denoiser
 
+    started_at = time.perf_counter()
     output, checkpoint = _training_paths(args)
+    manifest = check_output_file(output.with_name(output.name + ".mixtures.csv"), args.force)
     data_options = {name: getattr(args, name) for _, name, _ in _DENOISER_DATA}
     if args.resume:  # the data and spectrogram the run started with (its checkpoint keeps them)
         from bitnn.train.trainer import read_checkpoint
@@ -626,12 +629,12 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     from bitnn.io import atomic_write_bytes
     from bitnn.speech.mixtures import manifest_csv
 
-    manifest = output.with_name(output.name + ".mixtures.csv")
     atomic_write_bytes(manifest, manifest_csv({"train": data.train, "val": data.val}).encode())
     print(
         f"saved {output} ({_fmt_bytes(size)}) and its mixtures' manifest {manifest}; "
         f"{_finish_checkpoint(args, checkpoint)}"
     )
+    print(_training_summary(net, time.perf_counter() - started_at))
     return 0
 
 
@@ -707,7 +710,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default=None, help="engine (default: fastest available)")
     s.set_defaults(func=cmd_denoise)
 
-    s = sub.add_parser("train-denoiser", help="train a bitwise speech denoiser (needs PyTorch)")
+    s = sub.add_parser(
+        "train-denoiser",
+        help="train a bitwise speech denoiser (needs PyTorch)",
+        epilog="\n".join(
+            line.replace("on denoise also", "for denoising also")
+            for line in _presets_help(("denoise",)).splitlines()
+            if "own data" not in line and "without --preset" not in line
+        )
+        + "\nwithout --preset: best",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("-o", "--output", required=True, help="model file to write")
     s.add_argument("--preset", help="paper or best (the default)")
     s.add_argument("--binarizer", help="input bits per bin, e.g. quantile:2:thermometer")
@@ -772,10 +785,10 @@ def _with_default(name: str, text: str) -> str:
     return f"{text} (default: {_show_value(default)})"
 
 
-def _presets_help() -> str:
+def _presets_help(datasets: tuple[str, ...] = ("mnist",)) -> str:
     from bitnn.train.presets import describe_presets
 
-    return describe_presets(_FLAGS)
+    return describe_presets(_FLAGS, datasets)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
