@@ -378,6 +378,22 @@ def cases(ro: str) -> list[Case]:
         ),
         Case(
             "ctrl-c",
+            "Ctrl-C 0.5 s after start",
+            [*long, "-o", "i0.bnn"],
+            130,
+            absent=["i0.bnn"],
+            sigint=(0.5,),
+        ),
+        Case(
+            "ctrl-c",
+            "Ctrl-C 1.5 s after start",
+            [*long, "-o", "i7.bnn"],
+            130,
+            absent=["i7.bnn"],
+            sigint=(1.5,),
+        ),
+        Case(
+            "ctrl-c",
             "Ctrl-C 1 s after start",
             [*long, "-o", "i2.bnn"],
             130,
@@ -414,7 +430,7 @@ def cases(ro: str) -> list[Case]:
             [*long, "-o", "i6.bnn"],
             130,
             absent=["i6.bnn"],
-            sigint=("round 1 epoch 1/3", 0.3, 0.02),
+            sigint=("round 1 epoch 1/3", 0.3, 0.002),
         ),
         Case(
             "ctrl-c",
@@ -436,7 +452,11 @@ def cases(ro: str) -> list[Case]:
             ["denoise", str(ROOT / "models" / "denoise-8k.bnn"), "x.wav", "-o", "y.wav"],
             absent=["y.wav"],
         ),
-        Case("denoise", "input missing", ["denoise", "m.bnn", "nowhere.wav", "-o", "y.wav"]),
+        Case(
+            "denoise",
+            "input missing",
+            ["denoise", str(ROOT / "models" / "denoise-8k.bnn"), "nowhere.wav", "-o", "y.wav"],
+        ),
         Case("denoise", "-o exists", ["denoise", "m.bnn", "x.wav", "-o", "d.csv"]),
     ]
     return c
