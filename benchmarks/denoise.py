@@ -49,7 +49,7 @@ from bitnn.speech.metrics import separation_metrics
 from bitnn.speech.mixtures import AudioCache, iter_mixtures, manifest_csv
 from bitnn.speech.protocol import TEST_NOISES, TEST_PER_CELL, TEST_VOICES, test_mixtures
 from bitnn.speech.spectra import apply_mask, ideal_binary_mask, istft, stft
-from bitnn.speech.training import CheckpointNetwork
+from bitnn.train.twin import CheckpointNetwork
 
 METRICS = ("sdr", "sir", "sar", "stoi")
 

@@ -30,8 +30,9 @@ from bitnn.speech.metrics import separation_metrics
 from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures
 from bitnn.speech.protocol import SNRS_DB, TRAIN_NOISES, TRAIN_VOICES
 from bitnn.speech.spectra import SpectrogramConfig, apply_mask, ideal_binary_mask, istft, stft
-from bitnn.speech.training import CheckpointNetwork, DenoisingData, train_denoiser
+from bitnn.speech.training import DenoisingData, train_denoiser
 from bitnn.train.trainer import TrainConfig
+from bitnn.train.twin import CheckpointNetwork
 
 HELD_OUT_VOICES = ("menardi", "fsdd-yweweler")
 HELD_OUT_NOISE = "water"

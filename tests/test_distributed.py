@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bitnn.io import load_model
+from bitnn.io import load_model, read_provenance
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -40,11 +40,18 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = load_model(tmp_path / "two.bnn"), load_model(tmp_path / "one.bnn")
-    loss_a = [h["loss"] for h in a.metadata["training"]["history"]]
-    loss_b = [h["loss"] for h in b.metadata["training"]["history"]]
+    # the training history is beside each model (MODEL.json)
+    loss_a = [h["loss"] for h in read_provenance(tmp_path / "two.bnn")["training"]["history"]]
+    loss_b = [h["loss"] for h in read_provenance(tmp_path / "one.bnn")["training"]["history"]]
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
     for la, lb in zip(a.layers, b.layers, strict=True):
         agree = np.mean(la.weight_values() == lb.weight_values())
         assert agree >= 0.999, agree  # a weight sitting at 0 may round to either sign
     # the checkpoints are removed after the runs finished (rank 0 alone wrote one)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "one.bnn", "two.bnn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "d.npz",
+        "one.bnn",
+        "one.bnn.json",
+        "two.bnn",
+        "two.bnn.json",
+    ]

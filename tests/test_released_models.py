@@ -35,6 +35,10 @@ GOLDEN = {
         "e7bd302cd6cb93c33ab640fffd0b4010a2316fad9819e7cf49651ba4144ac487",
     ),
     "denoise-8k.bnn": ("d96c637f26935425fac0a5a1016a57c58af4ec7c7617481b324a7e79f4adfec3", None),
+    "digits-8k.bnn": (
+        "3861646217d3b3c0904b5120ce2aac9365642881f086a7d68559df71de9e6b02",
+        "5cb8263f47e01a0bad484fcfa809873caf58c242f73a8c20a9c998315a144a7f",
+    ),
     "denoise-8k-paper.bnn": (
         "bb880e6cee479c1519a404dde229c8293e234ba7e895a794a6403c8c21a557ba",
         None,
@@ -45,10 +49,10 @@ GOLDEN = {
 def fixed_inputs(net, n=256, seed=2015):
     """Seeded inputs in each model's own range: sparse uint8 images for the MNIST models
     (80% zero pixels, like handwriting), values spread over the binarizer's edges for the
-    denoisers, so that many input bits and hidden units take both values."""
+    others (denoisers, keywords), so that many input bits and hidden units take both values."""
     rng = np.random.default_rng(seed)
     f = net.binarizer.n_features_in_
-    if net.output == "scores":
+    if f == 28 * 28:
         ink = rng.integers(1, 256, (n, f))
         return np.where(rng.random((n, f)) < 0.8, 0, ink).astype(np.uint8)
     edges = net.binarizer.edges_

@@ -266,8 +266,9 @@ torch = pytest.importorskip("torch")
 
 
 def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path):
-    from bitnn.speech.training import CheckpointNetwork, denoising_data, train_denoiser
+    from bitnn.speech.training import denoising_data, train_denoiser
     from bitnn.train.trainer import TrainConfig
+    from bitnn.train.twin import CheckpointNetwork
 
     speech, noises = corpus
     data = denoising_data(speech, noises, n_mixtures=30, context=1, seed=3)
@@ -293,6 +294,18 @@ def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path)
     X, Y = training_examples(iter_mixtures(data.train, AudioCache(RATE)), d.config, d.level_rms)
     P = load_model(tmp_path / "d.bnn").predict(X)
     assert P[Y == 1].mean() > 0.5 and P[Y == 0].mean() < 0.1
+    # Its report plays the real-valued twin too, from the checkpoint (--twin).
+    from bitnn.cli import main
+    from bitnn.speech.mixtures import manifest_csv
+
+    (tmp_path / "m.csv").write_text(manifest_csv({"val": data.val}))
+    args = ["report", str(tmp_path / "d.bnn"), "-o", str(tmp_path / "r"), "--twin", str(ckpt)]
+    assert main([*args, "--mixtures", str(tmp_path / "m.csv")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert (
+        "real-valued twin" in page
+        and (tmp_path / "r/audio/example1-real-valued-twin.wav").is_file()
+    )
 
 
 def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, capsys):
@@ -308,7 +321,9 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert not (tmp_path / "best.bnn.ckpt").exists()  # removed after success
     sp = load_model(best).metadata["speech"]
     assert sp["spectrogram"]["context"] == 1 and sp["spectrogram"]["floor_percentile"] == 20
-    assert sp["data_options"]["mixtures"] == 20
+    from bitnn.io import read_provenance  # how the mixtures were drawn: beside the model
+
+    assert read_provenance(best)["speech"]["data_options"]["mixtures"] == 20
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
     resumed = [*base, "--resume", "--force", "--keep-checkpoint"]

@@ -335,3 +335,40 @@ def test_report_sets_measure_each_round_and_round_2_is_the_network(tmp_path):
     assert set(acc) == {"1", "2"} and all(0 <= a <= 1 for a in acc.values())
     # round 2 in binary eval mode is exactly the deployed network
     assert acc["2"] == float(np.mean(net.predict(Xt) == yt))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@needs_cuda
+@pytest.mark.parametrize("output", ["scores", "bits"])
+def test_training_on_cuda_gives_a_bit_exact_network(tmp_path, output):
+    """The GPU path: both rounds on CUDA (with image shifts done on the device), then the
+    deployed network agrees bit for bit with the round-2 module run on the GPU."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (600, 64)).astype(np.float32)
+    if output == "scores":
+        y = (X[:, :32].mean(axis=1) > X[:, 32:].mean(axis=1)).astype(int)
+    else:
+        y = (X[:, :8] > 128).astype(np.uint8)
+    cfg = TrainConfig(
+        hidden=(48, 40),
+        bias_kind="threshold",
+        epochs_round1=3,
+        epochs_round2=3,
+        augment_shift=1,
+        image_shape=(8, 8),
+        device="cuda",
+    )
+    ckpt = tmp_path / "m.ckpt"
+    with quiet():
+        net = train_network(X, y, cfg, QuantileBinarizer(2), checkpoint_path=ckpt)
+    from bitnn.train.twin import CheckpointNetwork
+
+    gpu = CheckpointNetwork(ckpt, 2)
+    gpu.model.to("cuda")
+    x = torch.from_numpy(to_bipolar(gpu.binarizer.transform(X))).float().to("cuda")
+    with torch.no_grad():
+        out = gpu.model(x).cpu().numpy()
+    want = (out >= 0).astype(np.uint8) if output == "bits" else np.argmax(out, axis=1)
+    np.testing.assert_array_equal(net.predict(X), want)

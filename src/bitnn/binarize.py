@@ -8,6 +8,13 @@ gives the same bits before and after a save/load round trip and in the C engines
 
 Multi-bit codes place the ``k`` bits of feature ``f`` at output units ``f*k .. f*k+k-1``
 ("scattered" to ``k`` input units, as in the paper).
+
+Edges are never subnormal floats: an edge that would be (a feature that is always 0 in
+training gives the edge just above 0) becomes the nearest normal number with the same effect
+on every input that is not itself subnormal (:func:`normal_edges`), so a platform that flushes
+subnormals to zero computes the same bits. Edge binarizers fitted on ``uint8`` data have whole
+number edges (``x >= ceil(edge)`` is what the fitted edge means for whole numbers): they are
+stored as bytes and compared exactly by integer code.
 """
 
 from __future__ import annotations
@@ -21,6 +28,24 @@ from bitnn.bits import pack_bits
 from bitnn.errors import InputError, NotFittedError
 
 CODES = ("binary", "gray", "thermometer")
+INPUT_DTYPES = ("float32", "uint8")
+_TINY = np.float32(np.finfo(np.float32).tiny)  # 2**-126, the smallest normal float32
+
+
+def normal_edges(edges: Any) -> np.ndarray:
+    """float32 edges with every subnormal one replaced by a normal number that gives the same
+    bit ``x >= edge`` for every float32 ``x`` that is not itself subnormal: a positive subnormal
+    edge becomes 2**-126, a negative one (and -0.0) becomes 0.0. With subnormal inputs flushed
+    to zero the comparison is then the same as without flushing."""
+    e = np.array(edges, dtype=np.float32)
+    sub = np.abs(e) < _TINY
+    e[sub & (e > 0)] = _TINY
+    e[sub & (e <= 0)] = 0.0
+    return e
+
+
+def _is_uint8(X: Any) -> bool:
+    return getattr(X, "dtype", None) == np.uint8
 
 
 def check_features(X: Any, n_features: int | None = None, what: str = "X") -> np.ndarray:
@@ -94,6 +119,7 @@ class Binarizer:
     # ---- serialisation (no pickle: JSON parameters + named numpy arrays) ---------------------
 
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(JSON-able description, arrays)``; arrays in the smallest exact dtypes."""
         self._check_fitted()
         meta = {
             "kind": self.kind,
@@ -110,12 +136,16 @@ class Binarizer:
             missing = [n for n in klass._array_names if n not in arrays]
             if missing:
                 raise InputError(f"binarizer arrays missing: {missing}")
-            obj._restore(int(meta["n_features_in"]), arrays)
+            obj._restore(int(meta["n_features_in"]), arrays, meta.get("input", "float32"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"invalid binarizer description: {exc}") from None
         return obj
 
-    def _restore(self, n_features: int, arrays: dict[str, np.ndarray]) -> None:
+    def _restore(
+        self, n_features: int, arrays: dict[str, np.ndarray], input_dtype: str = "float32"
+    ) -> None:
+        if input_dtype != "float32":
+            raise InputError(f"a {self.kind} binarizer takes float32 inputs, not {input_dtype}")
         for name in self._array_names:
             setattr(self, name, arrays[name])
         self.n_features_in_ = n_features
@@ -143,7 +173,7 @@ class ThresholdBinarizer(Binarizer):
         if not np.isfinite(self.threshold):
             raise InputError("threshold must be a finite number")
         x = check_features(X)
-        self.thresholds_ = np.full(x.shape[1], self.threshold, dtype=np.float32)
+        self.thresholds_ = normal_edges(np.full(x.shape[1], self.threshold, dtype=np.float32))
         self.n_features_in_ = x.shape[1]
         self._set_output_size()
         return self
@@ -155,6 +185,8 @@ class ThresholdBinarizer(Binarizer):
         self.thresholds_ = np.asarray(self.thresholds_, dtype=np.float32)
         if self.thresholds_.shape != (self.n_features_in_,):
             raise InputError("thresholds_ does not match n_features_in_")
+        if not np.all(np.isfinite(self.thresholds_)):
+            raise InputError("thresholds_ must be finite")
 
     def transform(self, X: Any) -> np.ndarray:
         self._check_fitted()
@@ -180,7 +212,12 @@ class _EdgeBinarizer(Binarizer):
 
     ``level(x) = number of edges <= x``; ``binary``/``gray`` codes use ``2**n_bits`` levels,
     ``thermometer`` uses ``n_bits + 1`` levels (bit j set iff level > j).
+
+    ``input_dtype_`` is ``"uint8"`` when ``fit`` was given a uint8 array: the edges are then
+    whole numbers in 0..256 (256: never reached), else ``"float32"``.
     """
+
+    input_dtype_: str = "float32"
 
     def __init__(self, n_bits: int = 2, code: str = "thermometer") -> None:
         self.n_bits = n_bits
@@ -199,6 +236,48 @@ class _EdgeBinarizer(Binarizer):
     def _set_output_size(self) -> None:
         self.n_bits_out_ = self.n_features_in_ * self.n_bits
 
+    def _finish_edges(self, edges: np.ndarray, X: Any) -> None:
+        """Set ``edges_`` from fitted float edges: whole numbers for uint8 inputs (``x >= e``
+        and ``x >= ceil(e)`` agree on whole numbers), never subnormal otherwise."""
+        if _is_uint8(X):
+            self.input_dtype_ = "uint8"
+            whole = np.clip(np.ceil(np.asarray(edges, dtype=np.float64)), 0, 256)
+            self.edges_ = np.ascontiguousarray(whole, dtype=np.float32)
+        else:
+            self.input_dtype_ = "float32"
+            self.edges_ = np.ascontiguousarray(normal_edges(edges))
+
+    def for_uint8_inputs(self) -> _EdgeBinarizer:
+        """A copy for uint8 inputs (0..255): edges ``ceil(edge)``, which give the same bits as
+        this binarizer on every whole number, stored as bytes (a binarizer fitted on float
+        data of pixels, say)."""
+        self._check_fitted()
+        other = type(self)(**self.get_params())
+        other._finish_edges(self.edges_, np.zeros(0, dtype=np.uint8))
+        other.n_features_in_ = self.n_features_in_
+        other._set_output_size()
+        return other
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta, arrays = super().to_state()
+        meta["input"] = self.input_dtype_
+        if self.input_dtype_ == "uint8":  # whole numbers 0..256: bytes, or uint16 for a 256
+            dt = np.uint8 if self.edges_.size == 0 or self.edges_.max() <= 255 else np.uint16
+            arrays["edges_"] = self.edges_.astype(dt)
+        return meta, arrays
+
+    def _restore(
+        self, n_features: int, arrays: dict[str, np.ndarray], input_dtype: str = "float32"
+    ) -> None:
+        if input_dtype not in INPUT_DTYPES:
+            raise InputError(f"input must be one of {INPUT_DTYPES}, got {input_dtype!r}")
+        self.input_dtype_ = input_dtype
+        for name in self._array_names:
+            setattr(self, name, arrays[name])
+        self.n_features_in_ = n_features
+        self._set_output_size()
+        self._validate_fitted()
+
     def _validate_fitted(self) -> None:
         self._check_params()
         self.edges_ = np.asarray(self.edges_, dtype=np.float32)
@@ -206,6 +285,11 @@ class _EdgeBinarizer(Binarizer):
             raise InputError("edges_ does not match n_features_in_ and the number of levels")
         if np.any(np.diff(self.edges_, axis=1) < 0) or not np.all(np.isfinite(self.edges_)):
             raise InputError("edges_ must be finite and sorted along each feature")
+        if self.input_dtype_ == "uint8" and (
+            np.any(self.edges_ != np.round(self.edges_))
+            or np.any((self.edges_ < 0) | (self.edges_ > 256))
+        ):
+            raise InputError("edges_ of a uint8 binarizer must be whole numbers from 0 to 256")
 
     def levels(self, X: Any) -> np.ndarray:
         """Quantization level of every value (uint8, ``(n, n_features)``)."""
@@ -239,10 +323,8 @@ class QuantileBinarizer(_EdgeBinarizer):
     def fit(self, X: Any, y: Any = None) -> QuantileBinarizer:
         self._check_params()
         x = np.sort(check_features(X), axis=0)
-        self.edges_ = np.ascontiguousarray(
-            np.stack([_population_edges(x[:, f], self.n_levels) for f in range(x.shape[1])]),
-            dtype=np.float32,
-        )
+        edges = np.stack([_population_edges(x[:, f], self.n_levels) for f in range(x.shape[1])])
+        self._finish_edges(edges, X)
         self.n_features_in_ = x.shape[1]
         self._set_output_size()
         return self
@@ -278,7 +360,7 @@ class LloydMaxBinarizer(_EdgeBinarizer):
 
     kind = "lloyd-max"
     _param_names = ("n_bits", "code", "max_iter")
-    _array_names = ("edges_", "centers_")
+    _array_names = ("edges_",)  # centers_ (the levels' means) are not needed to binarize
 
     def __init__(self, n_bits: int = 2, code: str = "thermometer", max_iter: int = 30) -> None:
         super().__init__(n_bits, code)
@@ -315,7 +397,7 @@ class LloydMaxBinarizer(_EdgeBinarizer):
             centers = new
         centers = np.sort(centers, axis=1)
         self.centers_ = centers.astype(np.float32)
-        self.edges_ = ((centers[:, 1:] + centers[:, :-1]) / 2).astype(np.float32)
+        self._finish_edges(((centers[:, 1:] + centers[:, :-1]) / 2).astype(np.float32), X)
         self._set_output_size()
         return self
 

@@ -141,6 +141,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.model)
     net = load_model(path)
     s = model_summary(net, path)
+    from bitnn.io import provenance_path, read_provenance
+
+    provenance = read_provenance(path) or {}  # training history etc., beside the model
+    if provenance:
+        s["provenance"] = {"file": str(provenance_path(path)), **provenance}
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
@@ -161,8 +166,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     ratio = s["float32_bytes"] / s["file_bytes"]
     print(f"float32      {_fmt_bytes(s['float32_bytes'])} for the same shape ({ratio:.1f}x larger)")
     print(f"binary ops   {s['binary_ops_per_inference']:,} per inference")
-    training = net.metadata.get("training")
-    if isinstance(training, dict):  # metadata given through the API may be anything
+    training = provenance.get("training")
+    if isinstance(training, dict):
         best = training.get("best_val_accuracy")
         last = best[max(best)] if isinstance(best, dict) and best else None
         if isinstance(last, int | float):
@@ -178,12 +183,73 @@ def cmd_info(args: argparse.Namespace) -> int:
             + (f"; magnitudes relative to their bin's {floor:g}th percentile" if floor else "")
             + "; outputs a binary mask per frame"
         )
+    keywords = net.metadata.get("keywords")  # read as is: info needs no scipy
+    if isinstance(keywords, dict):
+        f, classes = keywords["features"], keywords["classes"]
+        print(
+            f"keywords     {len(classes)} classes ({', '.join(classes)}) from recordings at "
+            f"{f['rate']} Hz: {f['n_bands']} mel bands x {f['n_segments']} segments of the "
+            "trimmed utterance"
+        )
     if "command" in net.metadata:
         print(f"trained with {net.metadata['command']}")
+    if isinstance(training, dict) and isinstance(training.get("history"), list):
+        print(
+            f"history      {len(training['history'])} epochs in {provenance_path(path)} "
+            "(bitnn info --json shows them)"
+        )
     return 0
 
 
-DATASETS = ("mnist",)
+DATASETS = ("mnist", "fsdd")
+
+
+def _audio_features(
+    files: list[Path], config: Any, what: str
+) -> np.ndarray:  # config: UtteranceFeatures
+    """Utterance features of audio files, with progress and the readers' notes on stderr."""
+    from bitnn.progress import ProgressBar
+    from bitnn.speech.keywords import features_of_files
+
+    bar = ProgressBar(len(files), f"features of {what}")
+    X, notes = features_of_files(files, config, bar)
+    bar.close()
+    for note in notes[:5]:
+        print(f"note: {note}", file=sys.stderr)
+    if len(notes) > 5:
+        print(f"note: ... and {len(notes) - 5} more conversions", file=sys.stderr)
+    return X
+
+
+def _keyword_data(
+    data: str, config: Any, classes: list[str] | None, split: str, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str], list[Path]]:
+    """Features, class ids and class names of FSDD (``split``: train or test) or of a folder
+    with one sub-folder of recordings per class (``classes``: a model's names to map onto)."""
+    if data == "fsdd":
+        from bitnn.data.fsdd import DIGITS, fsdd_recordings
+
+        files = [
+            f
+            for f in fsdd_recordings(data_dir)
+            if (int(f.stem.split("_")[2]) < 5) == (split == "test")
+        ]
+        y = np.array([int(f.stem.split("_")[0]) for f in files])
+        X = _audio_features(files, config, f"FSDD {split} recordings")
+        return X, y, list(DIGITS), files
+    from bitnn.speech.keywords import audio_class_folders
+
+    files, y, names = audio_class_folders(data)
+    if classes is not None:
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise InputError(
+                f"{data} has class folders the model does not know: {', '.join(unknown)} "
+                f"(its classes: {', '.join(classes)})"
+            )
+        y = np.array([classes.index(names[c]) for c in y])
+        names = classes
+    return _audio_features(files, config, str(data)), y, names, files
 
 
 def _dataset_name(args: argparse.Namespace) -> str | None:
@@ -200,8 +266,16 @@ def _load_eval_data(
     args: argparse.Namespace, net: BitNetwork
 ) -> tuple[np.ndarray, np.ndarray | None]:
     from bitnn.data.files import load_xy
+    from bitnn.speech.keywords import keyword_settings
 
-    if _dataset_name(args) == "mnist":
+    keywords = keyword_settings(net.metadata)
+    dataset = _dataset_name(args)
+    if keywords is not None and (dataset == "fsdd" or Path(args.data).is_dir()):
+        X, y, _, _ = _keyword_data(args.data, keywords[0], keywords[1], "test", args.data_dir)
+        return X, y
+    if dataset == "fsdd":
+        raise InputError("fsdd's recordings are for keyword models (trained with bitnn train fsdd)")
+    if dataset == "mnist":
         from bitnn.data.mnist import load_mnist
 
         mnist = load_mnist(args.data_dir)
@@ -260,14 +334,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_audio(args: argparse.Namespace, net: BitNetwork, keywords: Any) -> str:
+    """``path<TAB>class`` for each recording given (files, or folders of them)."""
+    from bitnn.data.audio import list_audio_files
+
+    files: list[Path] = []
+    for given in args.data:
+        path = Path(given)
+        files += list_audio_files(path) if path.is_dir() else [path]
+    config, classes = keywords
+    pred = net.predict(_audio_features(files, config, "the recordings"), args.engine)
+    return "".join(f"{f}\t{classes[int(p)]}\n" for f, p in zip(files, pred, strict=True))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    from bitnn.data.audio import is_audio_file
+    from bitnn.speech.keywords import keyword_settings
+
     if args.output:
         output = check_output_file(args.output, args.force)
-        _refuse_same_file(output, args.model, args.data)
+        _refuse_same_file(output, args.model, *args.data)
+
     net = load_model(args.model)
-    X, _ = _load_eval_data(args, net)
-    pred = net.predict(X, args.engine)
-    lines = "\n".join(str(int(p)) if pred.ndim == 1 else ",".join(map(str, p)) for p in pred) + "\n"
+    keywords = keyword_settings(net.metadata)
+    audio = [is_audio_file(Path(d)) or Path(d).is_dir() for d in args.data]
+    if keywords is not None and args.data and all(audio):
+        lines = _predict_audio(args, net, keywords)
+    elif any(audio):
+        raise InputError(
+            f"{args.model} is not a keyword model (trained on recordings); it predicts from "
+            ".npz or .csv features"
+        )
+    else:
+        if len(args.data) > 1:
+            raise InputError("give one data file (.npz or .csv); several are for recordings")
+        args.data = args.data[0] if args.data else None
+        X, _ = _load_eval_data(args, net)
+        pred = net.predict(X, args.engine)
+        lines = "\n".join(str(int(p)) if pred.ndim == 1 else ",".join(map(str, p)) for p in pred)
+        lines += "\n"
     if args.output:
         from bitnn.io import atomic_write_bytes
 
@@ -373,8 +478,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     output, checkpoint = _training_paths(args)
     dataset = _dataset_name(args)
+    keywords = dataset == "fsdd" or Path(args.data).is_dir()
     # Settings, paths and device first: nothing fails after data is read or training starts.
-    config, spec = (None, None) if args.resume else _config_from_args(args, dataset)
+    preset_data = "keywords" if keywords else dataset
+    config, spec = (None, None) if args.resume else _config_from_args(args, preset_data)
     binarizer = None if args.resume else binarizer_from_spec(spec)
     effective = config or TrainConfig.from_json(read_checkpoint(checkpoint)[1]["config"])
     resolve_device(effective.device)
@@ -382,6 +489,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log(f"bitnn train ({what}): {describe_config(effective, spec)}")
     log(f"writing {output}; checkpoint {checkpoint}")
     X_val = y_val = None
+    extra_metadata: dict[str, Any] = {}
     if dataset == "mnist":
         from bitnn.data.mnist import load_mnist
 
@@ -395,6 +503,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "images); --val-fraction 0 trains on all 60,000 instead"
                 )
         X, y, X_val, y_val = load_mnist(args.data_dir).training_split(val_fraction == 0.0)
+    elif keywords:  # recordings -> utterance features; the model keeps settings and classes
+        from bitnn.speech.keywords import UtteranceFeatures, keyword_metadata
+
+        features = UtteranceFeatures()
+        X, y, classes, files = _keyword_data(args.data, features, None, "train", args.data_dir)
+        extra_metadata = keyword_metadata(features, classes)
+        if dataset == "fsdd":  # validation: takes 5-9 (0-4 are the test set), as for mnist
+            if args.resume:
+                from bitnn.train.trainer import read_checkpoint
+
+                val_fraction = read_checkpoint(checkpoint)[1]["config"]["val_fraction"]
+            else:
+                val_fraction = args.val_fraction
+                if val_fraction not in (None, 0.0):
+                    raise InputError(
+                        "fsdd holds out takes 5-9 for validation (0-4 are its test set); "
+                        "--val-fraction 0 trains on all of takes 5-49 instead"
+                    )
+            if val_fraction != 0.0:
+                val = np.array([int(f.stem.split("_")[2]) < 10 for f in files])
+                X, y, X_val, y_val = X[~val], y[~val], X[val], y[val]
     else:
         X, y = load_xy(args.data, args.label_column)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
@@ -407,7 +536,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         y_val=y_val,
         checkpoint_path=checkpoint,
         resume=args.resume,
-        metadata={"command": command, "data": str(args.data), "bitnn_version": __version__},
+        metadata={
+            "command": command,
+            "data": str(args.data),
+            "bitnn_version": __version__,
+            **extra_metadata,
+        },
     )
     from bitnn.train import distributed
 
@@ -511,6 +645,121 @@ def cmd_denoise(args: argparse.Namespace) -> int:
         f"wrote {output}: {duration:.2f} s at {denoiser.rate} Hz, denoised in {seconds:.3f} s "
         f"({duration / max(seconds, 1e-9):,.0f}x faster than real time)"
     )
+    return 0
+
+
+def _report_mixtures(args: argparse.Namespace, rate: int) -> list[Any]:
+    """The example mixtures of a denoising report: from --mixtures (a manifest) or the
+    protocol's test set (unseen voices and noise types), spread over voices and noise types."""
+    from bitnn.speech.mixtures import AudioCache, iter_mixtures, read_manifest
+
+    audio = AudioCache(rate)
+    if args.mixtures:
+        sets = read_manifest(args.mixtures)
+        name = args.set or ("test" if "test" in sets else next(iter(sets)))
+        if name not in sets:
+            raise InputError(f"{args.mixtures} has no set {name!r} (it has {', '.join(sets)})")
+        specs = sets[name]
+    else:
+        from bitnn.speech.protocol import test_mixtures
+
+        specs = test_mixtures(audio)[args.set or "test"]
+        args.snr = 0.0 if args.snr is None else args.snr  # the paper's test condition
+    specs = [s for s in specs if args.snr is None or s.snr_db == args.snr]
+    if not specs:
+        raise InputError(f"no mixtures at {args.snr:g} dB; choose another --snr")
+    cells: dict[tuple[str, str], list[Any]] = {}
+    for s in specs:
+        cells.setdefault((s.voice, s.noise_type), []).append(s)
+    chosen: list[Any] = []
+    for depth in range(max(len(c) for c in cells.values())):  # one per cell, then again
+        chosen += [c[depth] for c in cells.values() if depth < len(c)]
+    return list(iter_mixtures(chosen[: args.examples], audio))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bitnn.report import check_output_folder, classifier_report, denoising_report
+    from bitnn.speech.denoise import SPEECH_KEY
+
+    if args.examples < 1:
+        raise InputError("--examples must be at least 1")
+    out = check_output_folder(args.output, args.force)
+    model = Path(args.model)
+    net = load_model(model)
+    command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
+    if net.output == "bits" and SPEECH_KEY in net.metadata:
+        if args.data:
+            raise InputError(
+                f"{model} is a denoiser: its report plays mixtures (--mixtures MANIFEST, or the "
+                "protocol's test set by default), not --data"
+            )
+        benchmark = None
+        if args.benchmark:
+            try:
+                benchmark = json.loads(Path(args.benchmark).read_text())
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    f"cannot read the benchmark results {args.benchmark}: {exc}"
+                ) from None
+        twin = None
+        checkpoint = Path(args.twin) if args.twin else model.with_name(model.name + ".ckpt")
+        if checkpoint.is_file():
+            from bitnn.train.twin import CheckpointNetwork
+
+            twin = CheckpointNetwork(checkpoint, 1)
+        elif args.twin:
+            raise InputError(f"no such checkpoint: {checkpoint}")
+        else:
+            print(
+                f"note: no checkpoint {checkpoint}: the real-valued twin is left out",
+                file=sys.stderr,
+            )
+        from bitnn.speech.denoise import Denoiser
+
+        mixtures = _report_mixtures(args, Denoiser(net).rate)
+        index = denoising_report(
+            net,
+            model,
+            mixtures,
+            out,
+            twin=twin,
+            benchmark=benchmark,
+            command=command,
+            progress=lambda text: print(f"report: {text}", file=sys.stderr),
+        )
+    else:
+        if args.mixtures or args.twin or args.benchmark:
+            raise InputError(
+                f"{model} is a classifier: its report takes labelled --data, not --mixtures, "
+                "--twin or --benchmark (those are for denoisers)"
+            )
+        if net.output == "bits":
+            raise InputError(f"{model} outputs bits but is not a denoiser; no report for it")
+        if not args.data:
+            raise InputError("a classifier's report needs labelled --data (a file, mnist, fsdd)")
+        args.dataset = None
+        X, y = _load_eval_data(args, net)
+        if y is None:
+            raise InputError(f"{args.data} has no labels to report against")
+        from bitnn.speech.keywords import keyword_settings
+
+        keywords = keyword_settings(net.metadata)
+        classes = keywords[1] if keywords else [str(c) for c in range(net.n_outputs)]
+        from bitnn.io import read_provenance
+
+        history = ((read_provenance(model) or {}).get("training") or {}).get("history")
+        index = classifier_report(
+            net,
+            model,
+            X,
+            y,
+            classes,
+            out,
+            data_name=str(args.data),
+            command=command,
+            history=history if isinstance(history, list) else None,
+        )
+    print(f"wrote {index}")
     return 0
 
 
@@ -655,7 +904,20 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=hlp)
         s.add_argument("model")
-        s.add_argument("data", nargs="?", help=".npz (X, y) or .csv, or a dataset name (mnist)")
+        if name == "eval":
+            s.add_argument(
+                "data",
+                nargs="?",
+                help=".npz (X, y) or .csv, a dataset name (mnist, fsdd), or for keyword models "
+                "a folder with one sub-folder of recordings per class",
+            )
+        else:
+            s.add_argument(
+                "data",
+                nargs="*",
+                help=".npz or .csv, a dataset name (mnist, fsdd), or for keyword models "
+                "recordings (files or folders of them)",
+            )
         s.add_argument("--dataset", choices=DATASETS, help="a named dataset's test set")
         s.add_argument("--data-dir", help="folder with the dataset's files (default: cache)")
         s.add_argument("--label-column", help="CSV label column name or index (default: last)")
@@ -673,7 +935,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_presets_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("data", help=".npz (X, y) or .csv, or a dataset name (mnist)")
+    s.add_argument(
+        "data",
+        help=".npz (X, y) or .csv, a dataset name (mnist, fsdd), or a folder with one "
+        "sub-folder of recordings per class (a keyword model)",
+    )
     s.add_argument("--data-dir", help="folder with the dataset's files (default: cache)")
     s.add_argument("-o", "--output", required=True, help="model file to write")
     s.add_argument("--preset", help="named configuration: paper or best (see below; default: none)")
@@ -758,6 +1024,28 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("augment_shift", "image_shape", "val_fraction"):
             s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
     s.set_defaults(func=cmd_train_denoiser, augment_shift=None, image_shape=None, val_fraction=None)
+
+    s = sub.add_parser("report", help="an HTML page to listen to and look at a model's work")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", required=True, help="folder for index.html and its files")
+    s.add_argument("--force", action="store_true", help="replace an earlier report there")
+    s.add_argument("--data", help="classifiers: labelled data (.npz, .csv, mnist, fsdd, folder)")
+    s.add_argument("--label-column", help="CSV label column name or index (default: last)")
+    s.add_argument("--data-dir", help="folder with the dataset's files (default: cache)")
+    s.add_argument("--engine", default=None, help=argparse.SUPPRESS)
+    s.add_argument("--mixtures", help="denoisers: a mixture manifest (default: the test set)")
+    s.add_argument("--set", help="denoisers: the manifest's set to use (default: test)")
+    s.add_argument(
+        "--snr",
+        type=float,
+        default=None,
+        help="denoisers: only mixtures at this SNR (default: 0 dB of the test set; a "
+        "manifest's: all)",
+    )
+    s.add_argument("--examples", type=int, default=4, help="denoisers: examples to show (4)")
+    s.add_argument("--twin", help="denoisers: training checkpoint (default: MODEL.ckpt)")
+    s.add_argument("--benchmark", help="denoisers: benchmarks/denoise.py's JSON to include")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="small demonstrations (needs PyTorch)")
     s.add_argument("name", help="xor")

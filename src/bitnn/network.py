@@ -66,15 +66,16 @@ class BitLayer:
         if self.bias_kind not in BIAS_KINDS:
             raise InputError(f"bias_kind must be one of {BIAS_KINDS}, got {self.bias_kind!r}")
         valid = valid_bits_mask(self.n_in)
-        if np.any(self.weight & ~valid):
+        pad = ~valid[-1]  # padding bits live in the last word only
+        if _any_and(self.weight[:, -1], pad):
             raise InputError("weight padding bits (beyond n_in) must be 0")
         if self.mask is not None:
             self.mask = np.ascontiguousarray(self.mask, dtype=WORD_DTYPE)
             if self.mask.shape != self.weight.shape:
                 raise InputError("mask must have the same shape as weight")
-            if np.any(self.mask & ~valid):
+            if _any_and(self.mask[:, -1], pad):
                 raise InputError("mask padding bits (beyond n_in) must be 0")
-            if np.any(self.weight & ~self.mask):
+            if _any_and(self.weight, self.mask, invert=True):
                 raise InputError("absent connections (mask bit 0) must have weight bit 0")
         if self.bias_kind == "bias" and not np.all(np.abs(self.threshold) == 1):
             raise InputError("a one-bit bias layer needs thresholds in {-1, +1}")
@@ -175,6 +176,17 @@ def _int32_thresholds(threshold: Any) -> np.ndarray:
             f"thresholds must lie in [{info.min}, {info.max}] (int32), got {t.min()}..{t.max()}"
         )
     return np.ascontiguousarray(t, dtype=np.int32)
+
+
+def _any_and(a: np.ndarray, b: np.ndarray, invert: bool = False) -> bool:
+    """``np.any(a & b)`` (``a & ~b`` with ``invert``) in blocks of rows, so that checking a
+    large layer needs no temporary of its size."""
+    step = max(1, (1 << 20) // max(1, a[:1].size))
+    for r in range(0, a.shape[0], step):
+        other = b[r : r + step] if b.ndim == a.ndim and b.shape[0] == a.shape[0] else b
+        if np.any(a[r : r + step] & (~other if invert else other)):
+            return True
+    return False
 
 
 def threshold_dtype(threshold: np.ndarray) -> np.dtype:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bitnn.binarize import Binarizer
 from bitnn.errors import InputError
@@ -25,15 +24,7 @@ from bitnn.progress import log
 from bitnn.speech.denoise import DEFAULT_LEVEL_RMS, speech_metadata, training_examples
 from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_mixtures
 from bitnn.speech.spectra import SpectrogramConfig
-from bitnn.train.layers import BitMLP
-from bitnn.train.trainer import (
-    TrainConfig,
-    checkpoint_binarizer,
-    read_checkpoint,
-    tensors_to_state,
-    to_bipolar,
-    train_network,
-)
+from bitnn.train.trainer import TrainConfig, train_network
 
 # Spectrogram settings per preset: the paper's network sees one frame of plain magnitudes;
 # "best" sees three, each bin relative to its noise floor (chosen on held-out voices and a
@@ -153,38 +144,3 @@ def train_denoiser(
         resume=resume,
         metadata={**meta, **(metadata or {})},
     )
-
-
-class CheckpointNetwork:
-    """The PyTorch network of a training run's checkpoint, as it ended a round: round 1 is
-    the real-valued network (tanh weights and activations) on the same input bits, the
-    BNN's real-valued twin; round 2 is the binarized network the BNN was converted from."""
-
-    def __init__(self, checkpoint: str | Path, round_: int = 1) -> None:
-        tensors, desc = read_checkpoint(Path(checkpoint))
-        cfg = TrainConfig.from_json(desc["config"])
-        binarizer = checkpoint_binarizer(tensors, desc)
-        if binarizer is None:
-            raise InputError(f"{checkpoint} holds no input binarizer; it is not a denoiser's")
-        self.binarizer = binarizer
-        state = tensors_to_state(f"best{round_}.", tensors)
-        if not state:
-            raise InputError(f"{checkpoint} holds no network of round {round_} (not trained)")
-        self.model = BitMLP(
-            self.binarizer.n_bits_out_,
-            cfg.hidden,
-            desc["n_outputs"],
-            bias_kind=cfg.bias_kind,
-            output_bias_kind=cfg.output_bias_kind,
-            sparsity=cfg.sparsity,
-            output=desc["output"],
-        )
-        self.model.load_state_dict(state)
-        self.model.set_round(round_)
-        self.model.eval()
-
-    @torch.no_grad()
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Raw features -> output bits (uint8 0/1): 1 where the output is >= 0."""
-        x = torch.from_numpy(to_bipolar(self.binarizer.transform(features))).float()
-        return (self.model(x) >= 0).numpy().astype(np.uint8)

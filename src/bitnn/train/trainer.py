@@ -481,6 +481,8 @@ class Trainer:
                 if isinstance(value, torch.Tensor):
                     tensors[f"optim.{idx}.{key}"] = value.detach().cpu().numpy()
         tensors["rng.torch"] = torch.get_rng_state().numpy()
+        if self.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device).numpy()
         tensors["rng.shuffle"] = self.shuffle.get_state().numpy()
         if self.perm is not None:
             tensors["epoch_order"] = self.perm.numpy()
@@ -536,6 +538,8 @@ class Trainer:
             opt_state["param_groups"].append({**saved, "params": group["params"]})
         self.optimizer.load_state_dict(opt_state)
         torch.set_rng_state(torch.from_numpy(np.array(tensors["rng.torch"])))
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(tensors["rng.cuda"])), self.device)
         self.shuffle.set_state(torch.from_numpy(np.array(tensors["rng.shuffle"])))
         self.perm = (
             torch.from_numpy(np.array(tensors["epoch_order"])) if "epoch_order" in tensors else None
@@ -547,7 +551,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         buf = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(f"no checkpoint at {path}: nothing to resume (drop --resume)") from None
-    tensors, description = decode_container(buf, str(path))
+    tensors, description = decode_container(buf, str(path), allow_nan=True)  # NaN losses
     if description.get("format") != CHECKPOINT_FORMAT:
         raise ModelFormatError(f"{path} is not a bitnn training checkpoint")
     if description.get("format_version") != CHECKPOINT_VERSION:
@@ -645,8 +649,9 @@ def train_network(
         x_tr, y_tr, x_va, y_va = x_all, y_all, None, None
     if binarizer is None:
         binarizer = ThresholdBinarizer(0.0)
-    if not resume:
-        binarizer.fit(x_tr)
+    if not resume:  # uint8 data (pixels) give whole-number edges, stored as bytes
+        uint8 = getattr(X, "dtype", None) == np.uint8
+        binarizer.fit(x_tr.astype(np.uint8) if uint8 else x_tr)
     data = TrainData(
         to_bipolar(binarizer.transform(x_tr)),
         y_tr,
