@@ -440,6 +440,20 @@ def cases(ro: str) -> list[Case]:
             sigint=(0.05,),
         ),
         # ---- other commands
+        Case("predict", "a recording for a model of features", ["predict", "m.bnn", "x.wav"]),
+        Case("predict", "two data files", ["predict", "m.bnn", "d.npz", "d.csv"]),
+        Case("train", "an empty folder of recordings", ["train", "folder", "-o", "t.bnn", *tiny]),
+        Case("report", "model missing", ["report", "nowhere.bnn", "-o", "r"]),
+        Case("report", "a classifier without --data", ["report", "m.bnn", "-o", "r"]),
+        Case("report", "-o onto a file", ["report", "m.bnn", "-o", "d.csv", "--data", "d.npz"]),
+        Case(
+            "report",
+            "-o into a missing folder's folder",
+            ["report", "m.bnn", "-o", "no/such/r", "--data", "d.npz"],
+            absent=["no"],
+        ),
+        Case("report", "string labels", ["report", "m.bnn", "-o", "r", "--data", "strings.npz"]),
+        Case("report", "labels 0.5, 1.5", ["report", "m.bnn", "-o", "r", "--data", "yhalf.npz"]),
         Case(
             "denoise",
             "a classifier as the denoiser",

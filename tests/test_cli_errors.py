@@ -280,3 +280,10 @@ def test_ctrl_c_twice_while_training_is_one_line(tmp_path, long_run):
     last = err.strip().splitlines()[-1]
     assert last.startswith("bitnn: ") and "resume" in last, err
     assert not (tmp_path / "m.bnn").exists()
+
+
+def test_report_labels_must_be_class_ids(w, capsys):
+    X = np.load(w / "d.npz")["X"]
+    np.savez(w / "s.npz", X=X, y=np.array(["a", "b", "c"])[np.arange(300) % 3])
+    argv = ["report", str(w / "m.bnn"), "-o", str(w / "r"), "--data", str(w / "s.npz")]
+    assert "labels must be class ids 0..2" in error_of(capsys, argv)  # was a UFuncTypeError
