@@ -153,7 +153,7 @@ def test_ctrl_c_then_resume_gives_the_same_model(tmp_path):
     another model, and in the 3 examined the interrupted process already had a different
     epoch-1 loss (0.020828914695 against 0.020828901533) before any signal was sent; the
     resume itself was exact (13
-    deterministic stop positions, each resumed in a fresh process, and 10 of 10 real-signal
+    deterministic stops at 10 positions, each resumed in a fresh process, and 10 of 10 real-signal
     runs with one thread gave the uninterrupted model). Besides, the old 0.3 s timer started
     when the test process noticed the first checkpoint and could land after training."""
     import threading
