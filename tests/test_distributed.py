@@ -47,12 +47,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     for la, lb in zip(a.layers, b.layers, strict=True):
         agree = np.mean(la.weight_values() == lb.weight_values())
         assert agree >= 0.999, agree  # a weight sitting at 0 may round to either sign
+    # the checkpoints are removed after the runs finished (rank 0 alone wrote one)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "d.npz",
         "one.bnn",
-        "one.bnn.ckpt",
         "one.bnn.json",
         "two.bnn",
-        "two.bnn.ckpt",
         "two.bnn.json",
     ]

@@ -205,6 +205,30 @@ for variant in _kernels.available():
             assert np.array_equal(eng.binarize(b, X), b.transform_packed(X))
             Xf = X.astype(np.float32)
             assert np.array_equal(eng.binarize(b, Xf), b.transform_packed(Xf))
+    # thresholds at int32's ends: exact int64 scores, no signed overflow anywhere
+    for t in (2**31 - 1, -(2**31)):
+        layer = BitLayer.from_values(rng.choice([-1, 1], (5, 70)), threshold=np.full(5, t))
+        x = pack_signs(rng.choice([-1, 1], (3, 70)))
+        assert np.array_equal(eng.layer_scores(x, layer), reference.layer_scores(x, layer))
+        assert np.array_equal(eng.layer_bits(x, layer), reference.layer_bits(x, layer))
+    # huge dimensions with small buffers: the size check refuses them, never wraps around
+    v = compiled.VARIANTS.index(variant)
+    small, lim = np.zeros(64, np.uint64), np.zeros(32, np.int64)
+    for B, K, Q in ((2**62, 1, 1), (2**61 + 1, 4, 1), (1, 2**60, 1), (1, 1, 2**60)):
+        try:
+            _kernels.layer(v, small, small, None, lim, B, K, Q, 1, 0, small, 1)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"B={B} K={K} Q={Q} passed the size check")
+    f32 = np.zeros(64, np.float32)
+    for B, F in ((2**62, 1), (1, 2**61)):
+        try:
+            _kernels.binarize(v, f32, 0, f32, None, B, F, 2**62, 1, 64, small, 0, small, 1)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"B={B} F={F} passed the size check")
 print("sanitized kernels ok")
 """
 
@@ -237,6 +261,74 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     assert "runtime error" not in r.stderr, r.stderr[-3000:]
 
 
+@pytest.mark.parametrize("variant", ["reference", *VARIANTS])
+@pytest.mark.parametrize("t", [2**31 - 1, 2**31 - 2, -(2**31), -(2**31) + 1, 0])
+def test_engines_agree_at_the_ends_of_the_threshold_range(variant, t):
+    """Thresholds anywhere in int32 (what the model format stores): scores exactly
+    ``dot - threshold`` in int64 and the same bits in every engine. int32 scores and limits
+    overflowed here (bit 1 in the reference, 0 in the kernels at 2**31 - 1)."""
+    rng = np.random.default_rng(7)
+    n_in = 70
+    w = rng.choice([-1, 0, 1], (40, n_in))
+    thresholds = np.full(40, t, dtype=np.int64)
+    thresholds[::3] = -t if -t < 2**31 else t  # both signs in one layer
+    layer = BitLayer.from_values(w, threshold=thresholds)
+    x = rng.choice([-1, 1], (9, n_in))
+    expected = x.astype(np.int64) @ w.T.astype(np.int64) - thresholds
+    eng = get_engine(variant)
+    xw = pack_signs(x)
+    scores = eng.layer_scores(xw, layer)
+    assert scores.dtype == np.int64
+    np.testing.assert_array_equal(scores, expected)
+    from bitnn.bits import unpack_bits
+
+    np.testing.assert_array_equal(unpack_bits(eng.layer_bits(xw, layer), 40), expected >= 0)
+    limit = layer.popcount_limit
+    assert limit.min() >= -1 and np.all(limit <= layer.n_present)
+
+
+def test_thresholds_int32_cannot_hold_are_refused_not_wrapped():
+    with pytest.raises(InputError, match="int32"):
+        BitLayer.from_values(np.ones((1, 3)), threshold=np.array([2**31]))
+    with pytest.raises(InputError, match="int32"):
+        BitLayer.from_values(np.ones((1, 3)), threshold=np.array([-(2**31) - 1]))
+    with pytest.raises(InputError, match="integers"):
+        BitLayer.from_values(np.ones((1, 3)), threshold=np.array([0.5]))
+
+
+SIZE_CHECK_SCRIPT = r"""
+import numpy as np
+from bitnn.engine import _kernels, compiled
+small, lim, f32 = np.zeros(64, np.uint64), np.zeros(32, np.int64), np.zeros(64, np.float32)
+for v, variant in enumerate(compiled.VARIANTS):
+    if variant not in _kernels.available():
+        continue
+    for B, K, Q in ((2**62, 1, 1), (2**61 + 1, 4, 1), (1, 2**60, 1), (1, 1, 2**60)):
+        try:
+            _kernels.layer(v, small, small, None, lim, B, K, Q, 1, 0, small, 1)
+            raise SystemExit(f"{variant}: layer B={B} K={K} Q={Q} passed the size check")
+        except ValueError:
+            pass
+    for B, F in ((2**62, 1), (1, 2**61)):
+        try:
+            _kernels.binarize(v, f32, 0, f32, None, B, F, 2**62, 1, 64, small, 0, small, 1)
+            raise SystemExit(f"{variant}: binarize B={B} F={F} passed the size check")
+        except ValueError:
+            pass
+print("refused")
+"""
+
+
+def test_size_checks_refuse_dimensions_that_would_overflow():
+    """The private kernel entry points re-check buffer sizes; with huge dimensions the size
+    products must not wrap around (UBSan, then a segfault, before). In a child process, so a
+    regression fails this test instead of crashing pytest."""
+    r = subprocess.run(
+        [sys.executable, "-c", SIZE_CHECK_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "refused", (r.returncode, r.stderr[-2000:])
+
+
 def _forked_child_result(queue):
     rng = np.random.default_rng(3)
     layer = random_layer(rng, 2048, 512, "threshold", False)
@@ -257,6 +349,13 @@ def test_threads_work_in_a_forked_child():
     queue = ctx.Queue()
     child = ctx.Process(target=_forked_child_result, args=(queue,))
     child.start()
-    child.join(timeout=60)
-    assert child.exitcode == 0, "the forked child hung or crashed"
+    try:
+        child.join(timeout=60)
+        hung = child.is_alive()
+    finally:
+        if child.is_alive():  # never leave a hung child behind: pytest would not exit
+            child.kill()
+            child.join(timeout=10)
+    assert not hung, "the forked child hung (killed after 60 s)"
+    assert child.exitcode == 0, f"the forked child crashed (exit code {child.exitcode})"
     assert queue.get(timeout=5) is True

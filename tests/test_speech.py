@@ -315,9 +315,10 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     model = tmp_path / "den.bnn"
     base = ["train-denoiser", "-o", str(model), "--speech", str(speech), "--noise", str(noises)]
     small = ["--mixtures", "20", "--hidden", "32", "--epochs1", "1", "--epochs2", "1"]
-    assert main(base + small + ["--preset", "paper"]) == 0
+    assert main(base + small + ["--preset", "paper", "--keep-checkpoint"]) == 0
     best = tmp_path / "best.bnn"
     assert main([*base[:2], str(best), *base[3:], *small]) == 0  # the default preset: best
+    assert not (tmp_path / "best.bnn.ckpt").exists()  # removed after success
     sp = load_model(best).metadata["speech"]
     assert sp["spectrogram"]["context"] == 1 and sp["spectrogram"]["floor_percentile"] == 20
     from bitnn.io import read_provenance  # how the mixtures were drawn: beside the model
@@ -325,7 +326,8 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert read_provenance(best)["speech"]["data_options"]["mixtures"] == 20
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
-    assert main([*base, "--resume", "--force"]) == 0  # the data options come from the run
+    resumed = [*base, "--resume", "--force", "--keep-checkpoint"]
+    assert main(resumed) == 0  # the data options come from the run
     again = load_model(model)  # a finished run resumed is the same model
     assert "resumed_with" in again.metadata
     for a, b in zip(first.layers, again.layers, strict=True):

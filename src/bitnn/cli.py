@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
+import signal
 import sys
+import tempfile
+import threading
+import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ from bitnn import __version__
 from bitnn.errors import BitnnError, InputError, TrainingInterrupted
 from bitnn.io import load_model, save_model
 from bitnn.network import BitNetwork
+from bitnn.progress import format_duration, log
 
 # Training options: CLI flag -> TrainConfig field. Defaults are None so we can tell what the
 # user set explicitly (it overrides the preset; with --resume it is a conflict).
@@ -50,6 +58,40 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1024
     raise AssertionError
+
+
+def _check_writable_folder(folder: Path, target: Path) -> None:
+    """``folder`` exists, is a folder and accepts new files (tried, not guessed from modes)."""
+    if not folder.exists():
+        raise InputError(f"cannot write {target}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise InputError(f"cannot write {target}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bitnn-write-check-", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot write in folder {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: str | os.PathLike[str], force: bool, flag: str = "-o") -> Path:
+    """An output file we may write: not a folder, in a writable folder, and not an existing
+    file unless ``force``. Checked before any work starts, so nothing fails at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name inside it")
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists; choose another {flag} or pass --force")
+    _check_writable_folder(path.parent if str(path.parent) else Path("."), path)
+    return path
+
+
+def _refuse_same_file(output: Path, *inputs: object) -> None:
+    """Never write over one of the command's own inputs, --force or not."""
+    for given in inputs:
+        if given is not None and output.exists() and Path(str(given)).exists():
+            if os.path.samefile(output, str(given)):
+                raise InputError(f"{output} is also an input of this command; write elsewhere")
 
 
 def model_summary(network: BitNetwork, path: Path | None = None) -> dict[str, Any]:
@@ -248,6 +290,19 @@ def evaluate(
     """Accuracy of ``net`` on raw ``X`` against labels ``y`` (class ids or 0/1 bits)."""
     pred = net.predict(X, engine)
     y = np.asarray(y)
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise InputError(
+            f"labels must be numbers (class ids 0..{net.n_outputs - 1} or 0/1 bits), "
+            f"got {y.dtype} values such as {y.reshape(-1)[:1].tolist()}"
+        )
+    if y.ndim == 0 or y.shape[0] != pred.shape[0]:
+        n_labels = 1 if y.ndim == 0 else y.shape[0]
+        raise InputError(
+            f"{pred.shape[0]} samples but {n_labels} label{'s' * (n_labels != 1)}; "
+            "give one label per sample"
+        )
+    if not np.all(np.isfinite(y)):
+        raise InputError("labels contain NaN or infinity")
     if net.output == "scores":
         if y.ndim != 1:
             raise InputError("this model classifies: labels must be 1-D class ids")
@@ -295,6 +350,10 @@ def _predict_audio(args: argparse.Namespace, net: BitNetwork, keywords: Any) -> 
 def cmd_predict(args: argparse.Namespace) -> int:
     from bitnn.data.audio import is_audio_file
     from bitnn.speech.keywords import keyword_settings
+
+    if args.output:
+        output = check_output_file(args.output, args.force)
+        _refuse_same_file(output, args.model, *args.data)
 
     net = load_model(args.model)
     keywords = keyword_settings(net.metadata)
@@ -344,31 +403,98 @@ def _config_from_args(args: argparse.Namespace, dataset: str | None) -> tuple[An
             raise InputError(
                 f"--image-shape takes HEIGHTxWIDTH like 28x28, got {args.image_shape!r}"
             ) from None
-    values, binarizer = resolve(args.preset, explicit, args.binarizer, dataset)
-    return TrainConfig(**values), binarizer
+    try:
+        values, binarizer = resolve(args.preset, explicit, args.binarizer, dataset)
+        config = TrainConfig(**values)
+    except InputError as exc:  # the API's field names, said as the options the user typed
+        message = str(exc)
+        for name, flag in _FLAGS.items():
+            message = re.sub(rf"\b{name}\b(?=( must| cannot| needs|=))", flag, message)
+        raise InputError(message) from None
+    _report_overrides(args.preset, explicit, dataset)
+    return config, binarizer
+
+
+_FLAGS = {name: flag for flag, name, _, _ in _TRAIN_OPTIONS}
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) if value else "(none)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _report_overrides(preset: str | None, explicit: dict[str, Any], dataset: str | None) -> None:
+    """A preset's value replaced by an explicit option is said out loud, never silent."""
+    from bitnn.train.presets import overrides
+
+    for key, given, preset_value in overrides(preset, explicit, dataset):
+        log(
+            f"note: {_FLAGS.get(key, key)} {_show_value(given)} replaces --preset {preset}'s "
+            f"{_show_value(preset_value)}"
+        )
+
+
+def describe_config(config: Any, binarizer: str | None = None) -> str:
+    """Every setting of a run, as the options that would give it."""
+    parts = [f"{_FLAGS.get(k, k)} {_show_value(v)}" for k, v in config.to_json().items()]
+    if binarizer:
+        parts.append(f"--binarizer {binarizer}")
+    return "; ".join(parts)
+
+
+def _training_summary(net: BitNetwork, seconds: float) -> str:
+    """Total time and the best and last validation accuracy of a finished run."""
+    history = net.metadata.get("training", {}).get("history", [])
+    what = "bit accuracy" if net.output == "bits" else "accuracy"
+    scored = [h for h in history if h.get("val_accuracy") is not None]
+    text = f"trained in {format_duration(seconds)} ({len(history)} epochs)"
+    if scored:
+        best = max(scored, key=lambda h: h["val_accuracy"])
+        last = scored[-1]
+        text += (
+            f"; validation {what}: best {100 * best['val_accuracy']:.2f}% (round "
+            f"{best['round']} epoch {best['epoch']}), last {100 * last['val_accuracy']:.2f}%"
+        )
+    return text
+
+
+def _finish_checkpoint(args: argparse.Namespace, checkpoint: Path) -> str:
+    """Remove a finished run's checkpoint unless asked to keep it; say what happened."""
+    if args.keep_checkpoint:
+        return f"training checkpoint kept at {checkpoint}"
+    checkpoint.unlink(missing_ok=True)
+    return "training checkpoint removed (--keep-checkpoint keeps it)"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
     from bitnn.binarize import binarizer_from_spec
     from bitnn.data.files import load_xy
-    from bitnn.train.trainer import train_network
+    from bitnn.train.config import TrainConfig
+    from bitnn.train.trainer import read_checkpoint, resolve_device, train_network
 
+    started = time.perf_counter()
     output, checkpoint = _training_paths(args)
     dataset = _dataset_name(args)
     keywords = dataset == "fsdd" or Path(args.data).is_dir()
-    # Settings first: a conflict is reported before any data is read.
+    # Settings, paths and device first: nothing fails after data is read or training starts.
     preset_data = "keywords" if keywords else dataset
     config, spec = (None, None) if args.resume else _config_from_args(args, preset_data)
     binarizer = None if args.resume else binarizer_from_spec(spec)
+    effective = config or TrainConfig.from_json(read_checkpoint(checkpoint)[1]["config"])
+    resolve_device(effective.device)
+    what = "resuming" if args.resume else f"preset {args.preset}" if args.preset else "no preset"
+    log(f"bitnn train ({what}): {describe_config(effective, spec)}")
+    log(f"writing {output}; checkpoint {checkpoint}")
     X_val = y_val = None
     extra_metadata: dict[str, Any] = {}
     if dataset == "mnist":
         from bitnn.data.mnist import load_mnist
 
         if args.resume:
-            from bitnn.train.trainer import read_checkpoint
-
-            val_fraction = read_checkpoint(checkpoint)[1]["config"]["val_fraction"]
+            val_fraction = effective.val_fraction
         else:
             val_fraction = args.val_fraction
             if val_fraction not in (None, 0.0):
@@ -424,13 +550,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun only rank 0 writes the model
     size = save_model(net, output)
     distributed.teardown()
-    print(f"saved {output} ({_fmt_bytes(size)}); training checkpoint kept at {checkpoint}")
+    print(f"saved {output} ({_fmt_bytes(size)}); {_finish_checkpoint(args, checkpoint)}")
+    print(_training_summary(net, time.perf_counter() - started))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from bitnn.export.c import STACK_BYTES, export_c, toolchain_sizes
 
+    folder = Path(args.output)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"-o {folder} is a file; export writes NAME.h and NAME.c into a folder")
+    if folder.is_dir():
+        existing = [str(folder / f"{args.name}{ext}") for ext in (".h", ".c")]
+        existing = [f for f in existing if Path(f).exists()]
+        if existing and not args.force:
+            raise InputError(
+                f"{' and '.join(existing)} already exist{'s' * (len(existing) == 1)}; choose "
+                "another -o or --name, or pass --force"
+            )
+        _check_writable_folder(folder, folder)
+    else:  # created, like mkdir: its parent must exist
+        _check_writable_folder(folder.parent if str(folder.parent) else Path("."), folder)
     net = load_model(args.model)
     paths = export_c(net, args.output, args.name, args.target)
     size = sum(p.stat().st_size for p in paths)
@@ -499,9 +640,8 @@ def cmd_denoise(args: argparse.Namespace) -> int:
     from bitnn.progress import ProgressBar
     from bitnn.speech.denoise import Denoiser
 
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise InputError(f"{output} already exists; choose another -o or pass --force")
+    output = check_output_file(args.output, args.force)
+    _refuse_same_file(output, args.model, args.input)
     denoiser = Denoiser(load_model(args.model), args.engine)
     x, notes = read_audio(args.input, denoiser.rate)
     for note in notes:
@@ -660,16 +800,39 @@ def _training_paths(args: argparse.Namespace) -> tuple[Path, Path]:
             raise InputError(
                 f"--resume continues with the checkpoint's own settings; drop {', '.join(given)}"
             )
-    if output.exists() and not args.force:
-        raise InputError(f"{output} already exists; choose another --output or pass --force")
+    check_output_file(output, args.force)
+    if checkpoint.is_dir():
+        raise InputError(f"--checkpoint {checkpoint} is a folder; give a file name inside it")
+    if args.resume:
+        if not checkpoint.exists():
+            raise InputError(f"no checkpoint at {checkpoint}: nothing to resume (drop --resume)")
+        _check_writable_folder(checkpoint.parent, checkpoint)  # it is rewritten every epoch
+    else:
+        if checkpoint.exists() and not args.force:
+            raise InputError(
+                f"checkpoint {checkpoint} exists from an earlier run: --resume continues that "
+                "run, --force starts a new one over it"
+            )
+        check_output_file(checkpoint, True, "--checkpoint")
+    if checkpoint.resolve() == output.resolve():
+        raise InputError("the model (-o) and the checkpoint (--checkpoint) need two paths")
+    data = getattr(args, "data", None)
+    if data:
+        _refuse_same_file(output, data)
+        _refuse_same_file(checkpoint, data)
+    args.resume_hint = checkpoint  # for the message if a second Ctrl-C aborts the run
     return output, checkpoint
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> int:
+    import time
+
     from bitnn.binarize import binarizer_from_spec
     from bitnn.speech.training import denoising_data, train_denoiser
 
+    started_at = time.perf_counter()
     output, checkpoint = _training_paths(args)
+    manifest = check_output_file(output.with_name(output.name + ".mixtures.csv"), args.force)
     data_options = {name: getattr(args, name) for _, name, _ in _DENOISER_DATA}
     if args.resume:  # the data and spectrogram the run started with (its checkpoint keeps them)
         from bitnn.train.trainer import read_checkpoint
@@ -690,6 +853,9 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         args.preset = args.preset or "best"
         config, spec = _config_from_args(args, "denoise")  # conflicts before data is read
         binarizer = binarizer_from_spec(spec)
+        from bitnn.train.trainer import resolve_device
+
+        resolve_device(config.device)
     for _, name, default in _DENOISER_DATA:
         if data_options[name] is None:
             data_options[name] = default
@@ -722,18 +888,19 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     from bitnn.io import atomic_write_bytes
     from bitnn.speech.mixtures import manifest_csv
 
-    manifest = output.with_name(output.name + ".mixtures.csv")
     atomic_write_bytes(manifest, manifest_csv({"train": data.train, "val": data.val}).encode())
     print(
-        f"saved {output} ({_fmt_bytes(size)}) and its mixtures' manifest {manifest}; training "
-        f"checkpoint kept at {checkpoint}"
+        f"saved {output} ({_fmt_bytes(size)}) and its mixtures' manifest {manifest}; "
+        f"{_finish_checkpoint(args, checkpoint)}"
     )
+    print(_training_summary(net, time.perf_counter() - started_at))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bitnn", description="Bitwise neural networks.")
     p.add_argument("--version", action="version", version=f"bitnn {__version__}")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="describe a model file")
@@ -769,9 +936,15 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="print JSON")
         else:
             s.add_argument("-o", "--output", help="write predictions here (default: stdout)")
+            s.add_argument("--force", action="store_true", help="overwrite an existing -o file")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("train", help="train a bitwise network (needs PyTorch)")
+    s = sub.add_parser(
+        "train",
+        help="train a bitwise network (needs PyTorch)",
+        epilog=_presets_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument(
         "data",
         help=".npz (X, y) or .csv, a dataset name (mnist, fsdd), or a folder with one "
@@ -779,14 +952,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--data-dir", help="folder with the dataset's files (default: cache)")
     s.add_argument("-o", "--output", required=True, help="model file to write")
-    s.add_argument("--preset", help="named configuration: paper or best")
+    s.add_argument("--preset", help="named configuration: paper or best (see below; default: none)")
     s.add_argument("--binarizer", help="e.g. quantile:2:thermometer, threshold:0.5, wta:256:4")
     s.add_argument("--label-column", help="CSV label column name or index (default: last)")
     s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    s.add_argument(
+        "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
+    )
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
-        s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+        s.add_argument(flag, dest=name, type=typ, default=None, help=_with_default(name, hlp))
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("export", help="write dependency-free C for a device")
@@ -798,6 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="host",
         help="host, cortex-m4 or cortex-m0: picks the popcount and the compiler for the sizes",
     )
+    s.add_argument("--force", action="store_true", help="overwrite NAME.h and NAME.c")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("fetch", help="fetch the offline speech and noise corpora")
@@ -814,7 +991,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default=None, help="engine (default: fastest available)")
     s.set_defaults(func=cmd_denoise)
 
-    s = sub.add_parser("train-denoiser", help="train a bitwise speech denoiser (needs PyTorch)")
+    s = sub.add_parser(
+        "train-denoiser",
+        help="train a bitwise speech denoiser (needs PyTorch)",
+        epilog="\n".join(
+            line.replace("on denoise also", "for denoising also")
+            for line in _presets_help(("denoise",)).splitlines()
+            if "own data" not in line and "without --preset" not in line
+        )
+        + "\nwithout --preset: best",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("-o", "--output", required=True, help="model file to write")
     s.add_argument("--preset", help="paper or best (the default)")
     s.add_argument("--binarizer", help="input bits per bin, e.g. quantile:2:thermometer")
@@ -845,6 +1032,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    s.add_argument(
+        "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
+    )
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
         if name not in ("augment_shift", "image_shape", "val_fraction"):
             s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
@@ -877,7 +1067,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", help="also save the model here")
     s.set_defaults(func=cmd_demo)
+
+    # Every command, including ones added above later, takes --debug (after its name too).
+    for command in {id(c): c for c in sub.choices.values()}.values():
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return p
+
+
+DEBUG_ENV = "BITNN_DEBUG"
+DEBUG_HELP = f"show the Python traceback of a failure (for bug reports; or set {DEBUG_ENV}=1)"
+
+
+def _with_default(name: str, text: str) -> str:
+    """An option's help with the value a run takes when neither it nor a preset sets it."""
+    from bitnn.train.config import TrainConfig
+
+    default = TrainConfig.__dataclass_fields__[name].default
+    return f"{text} (default: {_show_value(default)})"
+
+
+def _presets_help(datasets: tuple[str, ...] = ("mnist",)) -> str:
+    from bitnn.train.presets import describe_presets
+
+    return describe_presets(_FLAGS, datasets)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -885,26 +1099,70 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"bitnn: warning: {message}", file=sys.stderr)
 
 
+def _one_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """The message and exit status a user sees for ``exc``: every failure is one line."""
+    if isinstance(exc, TrainingInterrupted):
+        return f"bitnn: {exc}", 130
+    if isinstance(exc, KeyboardInterrupt):
+        hint = getattr(args, "resume_hint", None)
+        if hint is not None and Path(hint).is_file():
+            return (
+                f"bitnn: interrupted; the checkpoint {hint} (written after the last finished "
+                "epoch or stop) resumes the run with --resume",
+                130,
+            )
+        return "bitnn: interrupted; nothing was written", 130
+    if isinstance(exc, BitnnError):
+        return f"bitnn: error: {exc}", 2
+    if isinstance(exc, MemoryError):
+        return "bitnn: error: out of memory; try smaller data or a smaller --batch-size", 2
+    if isinstance(exc, OSError):  # a file system refusal bitnn did not foresee
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"bitnn: error: {where}{exc.strerror or exc}", 2
+    name = type(exc).__name__
+    return (
+        f"bitnn: internal error ({name}: {exc}); this is a bug in bitnn: please report it with "
+        f"the traceback that --debug (or {DEBUG_ENV}=1) prints",
+        70,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``bitnn`` command. One error boundary for every command: a failure is one line on
+    stderr and a non-zero exit status; ``--debug`` or ``BITNN_DEBUG=1`` adds the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # bad usage: argparse's usage line and exit 2
     args.argv = argv
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         return args.func(args)
-    except BitnnError as exc:
-        print(f"bitnn: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:
-        print(f"bitnn: {exc}", file=sys.stderr)
-        return 130
-    except OSError as exc:  # a file system refusal bitnn did not foresee: still one line
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"bitnn: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # `bitnn predict ... | head`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush is silent
+        return 141
+    except (Exception, KeyboardInterrupt) as exc:
+        with _no_interruptions():  # a second Ctrl-C cannot cut the report short
+            if debug:
+                traceback.print_exc()
+            message, status = _one_line(exc, args)
+            print(message, file=sys.stderr)
+        return status
     finally:
         warnings.showwarning = shown
+
+
+@contextlib.contextmanager
+def _no_interruptions() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ temporary file in the same folder is written, fsynced and renamed over the targe
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -32,6 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no stale-temporary cleanup
+    fcntl = None  # type: ignore[assignment]
 
 from bitnn.binarize import CODES, INPUT_DTYPES, Binarizer
 from bitnn.bits import WORD_BITS, WORD_DTYPE, n_words, words_to_bitstream
@@ -274,22 +280,60 @@ def decode_container(
     return tensors, description
 
 
+def _remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Delete temporary files that earlier saves to ``name`` left behind when they were killed.
+
+    A save holds an exclusive ``flock`` on its temporary file from creation to rename, and the
+    kernel drops it when the process dies (even by SIGKILL): a file we can lock is abandoned.
+    """
+    if fcntl is None:
+        return
+    for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue  # removed meanwhile, or not ours to read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink(missing_ok=True)  # still locked by us: no save can be using it
+        except OSError:
+            pass  # a save in progress holds it (or we may not delete it)
+        finally:
+            os.close(fd)
+
+
+def _locked_temporary(folder: Path, name: str) -> tuple[int, str]:
+    """A new temporary file beside the target, exclusively locked for the save's lifetime."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        os.close(fd)  # a cleanup took it for stale between mkstemp and flock: take another
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically: temp file, fsync, rename, fsync folder."""
+    """Write ``payload`` to ``path`` atomically: temp file, fsync, rename, fsync folder.
+
+    Temporary files of earlier saves to the same path that were killed (SIGKILL, power loss)
+    are removed first."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"cannot save to {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    _remove_stale_temporaries(folder, path.name)
+    fd, tmp = _locked_temporary(folder, path.name)
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:  # open (so locked) until renamed
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

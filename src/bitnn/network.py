@@ -46,14 +46,14 @@ class BitLayer:
 
     weight: np.ndarray  # (n_out, n_words(n_in)) uint64, bit 1 <=> weight +1
     n_in: int
-    threshold: np.ndarray  # (n_out,) int32: unit fires iff dot >= threshold
+    threshold: np.ndarray  # (n_out,) int32: unit fires iff dot >= threshold (int32's full range)
     mask: np.ndarray | None = None  # (n_out, n_words(n_in)) uint64, bit 1 <=> present
     bias_kind: str = "threshold"
     _dense_mask: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.weight = np.ascontiguousarray(self.weight, dtype=WORD_DTYPE)
-        self.threshold = np.ascontiguousarray(self.threshold, dtype=np.int32)
+        self.threshold = _int32_thresholds(self.threshold)
         if self.weight.ndim != 2 or self.weight.shape[1] != n_words(self.n_in):
             raise InputError(
                 f"weight must have shape (n_out, {n_words(self.n_in)}) for {self.n_in} inputs, "
@@ -94,18 +94,24 @@ class BitLayer:
 
     @property
     def n_present(self) -> np.ndarray:
-        """Present connections per unit (int32)."""
+        """Present connections per unit (int64)."""
         if self.mask is None:
-            return np.full(self.n_out, self.n_in, dtype=np.int32)
-        return np.bitwise_count(self.mask).sum(axis=1, dtype=np.int32)
+            return np.full(self.n_out, self.n_in, dtype=np.int64)
+        return np.bitwise_count(self.mask).sum(axis=1, dtype=np.int64)
 
     @property
     def popcount_limit(self) -> np.ndarray:
-        """Per unit: the unit fires iff popcount((x XOR w) AND mask) <= this (int32).
+        """Per unit: the unit fires iff popcount((x XOR w) AND mask) <= this (int64).
 
         From dot = n_present - 2 * popcount(XOR & mask) >= threshold. Fast engines use it.
+        Computed in int64 (``n_present - threshold`` overflows int32 for thresholds near
+        -2**31) and clipped to ``[-1, n_present]``: the count lies in ``[0, n_present]``, so
+        -1 still means "never fires" and ``n_present`` "always fires", and every limit fits
+        the int32 of generated C whatever the threshold.
         """
-        return np.floor_divide(self.n_present - self.threshold, 2).astype(np.int32)
+        n_present = self.n_present
+        limit = np.floor_divide(n_present - self.threshold.astype(np.int64), 2)
+        return np.clip(limit, -1, n_present)
 
     @classmethod
     def from_values(
@@ -156,6 +162,20 @@ class BitLayer:
         """Bit operations per input vector: XNOR and popcount-add per connection (+AND)."""
         per_bit = 2 if self.mask is None else 3
         return per_bit * self.n_in * self.n_out
+
+
+def _int32_thresholds(threshold: Any) -> np.ndarray:
+    """Thresholds as int32, refusing values int32 cannot hold (never wrapping them)."""
+    t = np.asarray(threshold)
+    if t.dtype.kind not in "iub":
+        if t.dtype.kind != "f" or not np.all(np.isfinite(t)) or np.any(t != np.round(t)):
+            raise InputError(f"thresholds must be integers, got dtype {t.dtype}")
+    info = np.iinfo(np.int32)
+    if t.size and (t.min() < info.min or t.max() > info.max):
+        raise InputError(
+            f"thresholds must lie in [{info.min}, {info.max}] (int32), got {t.min()}..{t.max()}"
+        )
+    return np.ascontiguousarray(t, dtype=np.int32)
 
 
 def _any_and(a: np.ndarray, b: np.ndarray, invert: bool = False) -> bool:
@@ -240,7 +260,7 @@ class BitNetwork:
         return x
 
     def forward_packed(self, x: np.ndarray, engine: str | None = None) -> np.ndarray:
-        """Packed input bits -> int32 scores ``(batch, n_out)`` or packed output bits."""
+        """Packed input bits -> int64 scores ``(batch, n_out)`` or packed output bits."""
         from bitnn.engine import get_engine
 
         eng = get_engine(engine)
@@ -277,7 +297,7 @@ class BitNetwork:
         return get_engine(engine).binarize(self.binarizer, X)
 
     def scores(self, X: np.ndarray, engine: str | None = None) -> np.ndarray:
-        """Raw inputs -> int32 scores of the last layer (``output="scores"`` networks)."""
+        """Raw inputs -> int64 scores of the last layer (``output="scores"`` networks)."""
         if self.output != "scores":
             raise InputError("this network outputs bits; use predict() to get them")
         return self.forward_packed(self.binarize(X, engine), engine)

@@ -49,3 +49,11 @@ def log(message: str, stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     stream.write(message + "\n")
     stream.flush()
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``1h02m03s``."""
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

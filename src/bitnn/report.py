@@ -453,8 +453,12 @@ def classifier_report(
     y = np.asarray(y)
     if y.ndim != 1 or y.size != X.shape[0]:
         raise InputError(f"{X.shape[0]} samples but {y.size} labels")
+    numeric = y.dtype != object and (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_)
+    if not numeric or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+        raise InputError(f"labels must be class ids 0..{n - 1} (whole numbers), got {y.dtype}")
     if y.size == 0 or y.min() < 0 or y.max() >= n:
         raise InputError(f"labels must be class ids 0..{n - 1}")
+    y = y.astype(np.int64)
     start = time.perf_counter()
     pred = network.predict(X)
     seconds = time.perf_counter() - start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ def load_xy(
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such data file: {path}")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a data file (.npz with arrays X, y, or .csv)")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _load_npz(path, require_labels)
@@ -35,6 +38,11 @@ def load_xy(
 
 
 def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if not zipfile.is_zipfile(path):  # np.load would take anything else for a pickle
+        raise InputError(
+            f"{path} is not a .npz file (a zip archive of arrays); write one with "
+            "numpy.savez(path, X=X, y=y), or give a .csv"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             names = list(f.keys())
@@ -42,9 +50,14 @@ def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
                 raise InputError(f"{path} has arrays {names}; it needs one named X (and y)")
             X = f["X"]
             y = f["y"] if "y" in names else None
-    except ValueError as exc:  # object arrays need pickle, which we never allow
-        raise InputError(f"{path} could not be read as plain arrays: {exc}") from None
-    except (OSError, EOFError) as exc:
+    except InputError:
+        raise
+    except ValueError:  # object arrays need pickle, which bitnn never uses
+        raise InputError(
+            f"{path} holds object arrays (Python objects, not numbers), which bitnn does not "
+            "load; save plain numeric arrays, e.g. numpy.savez(path, X=X.astype(float), y=y)"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path} is not a readable .npz file: {exc}") from None
     if y is None and require_labels:
         raise InputError(f"{path} has no array named y (the labels)")
@@ -54,8 +67,11 @@ def _load_npz(path: Path, require_labels: bool) -> tuple[np.ndarray, np.ndarray 
 def _load_csv(
     path: Path, label_column: str | None, require_labels: bool, n_features: int | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path} is not a readable CSV text file ({exc})") from None
     if not rows:
         raise InputError(f"{path} is empty")
     header = None
@@ -71,8 +87,8 @@ def _load_csv(
             raise InputError(f"{path}: row {i + 1} has {len(r)} values, expected {width}")
     try:
         table = np.array(rows, dtype=np.float64)
-    except ValueError as exc:
-        raise InputError(f"{path}: every value must be a number ({exc})") from None
+    except ValueError:
+        raise InputError(f"{path}: every value must be a number; {_first_bad_cell(rows)}") from None
     if label_column == "none" or (
         label_column is None and not require_labels and width == n_features
     ):
@@ -95,3 +111,13 @@ def _load_csv(
         raise InputError(f"{path} needs at least one feature column and one label column")
     X = np.delete(table, col, axis=1)
     return X, table[:, col]
+
+
+def _first_bad_cell(rows: list[list[str]]) -> str:
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row):
+            try:
+                float(cell)
+            except ValueError:
+                return f"data row {i + 1}, column {j + 1} holds {cell!r}"
+    return "a value is not a number"

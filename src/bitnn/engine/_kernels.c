@@ -40,7 +40,7 @@ typedef struct {
     int64_t B, K, Q, n_out, out_words;
     int mode;
     uint64_t *out_bits;  /* B x out_words, zero-initialised by the caller */
-    int32_t *out_scores; /* B x n_out */
+    int64_t *out_scores; /* B x n_out: int64, so no threshold the format allows can overflow */
 } layer_args;
 
 /* Work is cut into items: (row block, quad). A worker runs items [begin, end). */
@@ -55,8 +55,8 @@ static inline void emit_counts(const layer_args *a, int64_t r, int64_t q, const 
         memcpy((char *)(a->out_bits + r * a->out_words) + 4 * q, &bits, 4);
     } else {
         int64_t base = q * QUAD;
-        int32_t *out = a->out_scores + r * a->n_out;
-        for (int l = 0; l < QUAD && base + l < a->n_out; l++) out[base + l] = (int32_t)(lim[l] - 2 * c[l]);
+        int64_t *out = a->out_scores + r * a->n_out;
+        for (int l = 0; l < QUAD && base + l < a->n_out; l++) out[base + l] = lim[l] - 2 * c[l];
     }
 }
 
@@ -637,9 +637,23 @@ static PyObject *py_peak(PyObject *self, PyObject *args) {
 
 /* ---- Python glue --------------------------------------------------------------------------- */
 
-static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t need, const char *what) {
+/* a * b * c * d in int64, or -1 if the product overflows (every factor is >= 0). Buffer sizes
+ * are computed with it, so a huge batch argument cannot wrap around and pass the size check. */
+static int64_t size_product(int64_t a, int64_t b, int64_t c, int64_t d) {
+    int64_t ab, abc, abcd;
+    if (a < 0 || b < 0 || c < 0 || d < 0 || __builtin_mul_overflow(a, b, &ab) ||
+        __builtin_mul_overflow(ab, c, &abc) || __builtin_mul_overflow(abc, d, &abcd) || abcd > PY_SSIZE_T_MAX)
+        return -1;
+    return abcd;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, int64_t need, const char *what) {
+    if (need < 0) {
+        PyErr_Format(PyExc_ValueError, "%s buffer size overflows: the dimensions are too large", what);
+        return -1;
+    }
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) != 0) return -1;
-    if (view->len < need) {
+    if ((int64_t)view->len < need) {
         PyErr_Format(PyExc_ValueError, "%s buffer holds %zd bytes, needs %zd", what, view->len, need);
         PyBuffer_Release(view);
         return -1;
@@ -664,22 +678,23 @@ static PyObject *py_layer(PyObject *self, PyObject *args) {
                           &threads))
         return NULL;
     if (check_variant(variant)) return NULL;
-    if (B < 0 || K < 1 || Q < 1 || n_out < 1 || n_out > Q * QUAD || (mode != MODE_BITS && mode != MODE_SCORES)) {
+    if (B < 0 || K < 1 || Q < 1 || n_out < 1 || n_out / QUAD + (n_out % QUAD != 0) > Q || (mode != MODE_BITS && mode != MODE_SCORES)) {
         PyErr_SetString(PyExc_ValueError, "invalid layer dimensions or mode");
         return NULL;
     }
-    int64_t out_words = (n_out + 63) / 64;
+    int64_t out_words = n_out / 64 + (n_out % 64 != 0);
     Py_buffer xb, wb, mb, lb, ob;
     int have_m = mo != Py_None;
-    if (get_buffer(xo, &xb, 0, B * K * 8, "input")) return NULL;
-    if (get_buffer(wo, &wb, 0, Q * K * QUAD * 8, "weight")) goto fail_x;
-    if (have_m && get_buffer(mo, &mb, 0, Q * K * QUAD * 8, "mask")) goto fail_w;
-    if (get_buffer(lo, &lb, 0, Q * QUAD * 8, "limit")) goto fail_m;
-    if (get_buffer(oo, &ob, 1, mode == MODE_BITS ? B * out_words * 8 : B * n_out * 4, "output")) goto fail_l;
+    if (get_buffer(xo, &xb, 0, size_product(B, K, 8, 1), "input")) return NULL;
+    if (get_buffer(wo, &wb, 0, size_product(Q, K, QUAD, 8), "weight")) goto fail_x;
+    if (have_m && get_buffer(mo, &mb, 0, size_product(Q, K, QUAD, 8), "mask")) goto fail_w;
+    if (get_buffer(lo, &lb, 0, size_product(Q, QUAD, 8, 1), "limit")) goto fail_m;
+    if (get_buffer(oo, &ob, 1, size_product(B, mode == MODE_BITS ? out_words : n_out, 8, 1), "output")) goto fail_l;
     layer_args a = {xb.buf, wb.buf, have_m ? mb.buf : NULL, lb.buf, B, K, Q, n_out, out_words, mode,
                     mode == MODE_BITS ? ob.buf : NULL, mode == MODE_SCORES ? ob.buf : NULL};
     layer_job job = {layer_kernel(variant), &a};
-    int nthreads = choose_threads(B * K * 64 * n_out, threads);
+    int64_t work = size_product(B, K, 64, n_out); /* buffers are real: no overflow, but stay safe */
+    int nthreads = choose_threads(work < 0 ? INT64_MAX : work, threads);
     if (B > 0) {
         Py_BEGIN_ALLOW_THREADS pool_run(run_layer_part, &job, nthreads);
         Py_END_ALLOW_THREADS
@@ -717,17 +732,23 @@ static PyObject *py_binarize(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "invalid binarizer dimensions");
         return NULL;
     }
-    int64_t out_words = (F * k + 63) / 64;
+    int64_t bits_out = size_product(F, k, 1, 1);
+    if (bits_out < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid binarizer dimensions: F * k overflows");
+        return NULL;
+    }
+    int64_t out_words = bits_out / 64 + (bits_out % 64 != 0);
     Py_buffer xb, tb, nb, fb, ob;
-    if (get_buffer(xo, &xb, 0, B * F * (is_u8 ? 1 : 4), "input")) return NULL;
-    if (get_buffer(to, &tb, 0, E * F_pad * (is_u8 ? 1 : 4), "thresholds")) goto fail_x;
-    if (is_u8 && get_buffer(no, &nb, 0, E * (F_pad / 64) * 8, "never")) goto fail_t;
-    if (get_buffer(fo, &fb, 0, k * 8, "flips")) goto fail_n;
-    if (get_buffer(oo, &ob, 1, B * out_words * 8, "output")) goto fail_f;
+    if (get_buffer(xo, &xb, 0, size_product(B, F, is_u8 ? 1 : 4, 1), "input")) return NULL;
+    if (get_buffer(to, &tb, 0, size_product(E, F_pad, is_u8 ? 1 : 4, 1), "thresholds")) goto fail_x;
+    if (is_u8 && get_buffer(no, &nb, 0, size_product(E, F_pad / 64, 8, 1), "never")) goto fail_t;
+    if (get_buffer(fo, &fb, 0, size_product(k, 8, 1, 1), "flips")) goto fail_n;
+    if (get_buffer(oo, &ob, 1, size_product(B, out_words, 8, 1), "output")) goto fail_f;
     bin_args a = {xb.buf, is_u8, tb.buf, is_u8 ? nb.buf : NULL, B, F, F_pad, E, k, out_words, fb.buf, c0,
                   ob.buf, 0};
     bin_job job = {bin_kernel(variant, k), &a};
-    int nthreads = choose_threads(B * F * E * 64, threads);
+    int64_t work = size_product(B, F, E, 64);
+    int nthreads = choose_threads(work < 0 ? INT64_MAX : work, threads);
     if (B > 0) {
         Py_BEGIN_ALLOW_THREADS pool_run(run_bin_part, &job, nthreads);
         Py_END_ALLOW_THREADS

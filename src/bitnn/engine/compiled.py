@@ -81,8 +81,8 @@ def kernel_layout(layer: BitLayer) -> KernelLayout:
     q = -(-layer.n_out // QUAD)
     limit = np.full(q * QUAD, -1, dtype=np.int64)
     limit[: layer.n_out] = layer.popcount_limit
-    offset = np.zeros(q * QUAD, dtype=np.int64)
-    offset[: layer.n_out] = layer.n_present.astype(np.int64) - layer.threshold
+    offset = np.zeros(q * QUAD, dtype=np.int64)  # int64: n_present - threshold cannot overflow
+    offset[: layer.n_out] = layer.n_present - layer.threshold.astype(np.int64)
     layout = KernelLayout(
         _to_quads(layer.weight, q),
         None if layer.mask is None else _to_quads(layer.mask, q),
@@ -143,7 +143,7 @@ class CompiledEngine:
             out = np.zeros((b, lay.out_words), dtype=WORD_DTYPE)
             lim = lay.limit
         else:
-            out = np.empty((b, lay.n_out), dtype=np.int32)
+            out = np.empty((b, lay.n_out), dtype=np.int64)
             lim = lay.offset
         _kernels.layer(
             self._code, x, lay.weight, lay.mask, lim, b, lay.in_words, lay.n_quads,

@@ -17,16 +17,19 @@ _CHUNK_WORDS = 1 << 22  # words of XNOR temporaries per chunk (32 MiB)
 
 
 def layer_scores(x: np.ndarray, layer: BitLayer) -> np.ndarray:
-    """Packed inputs ``(batch, words)`` -> int32 scores ``dot - threshold`` ``(batch, n_out)``."""
+    """Packed inputs ``(batch, words)`` -> int64 scores ``dot - threshold`` ``(batch, n_out)``.
+
+    int64 throughout: ``dot`` is within ``[-n_in, n_in]`` and a threshold within int32's range,
+    so no layer the model format allows can overflow (int32 did at thresholds near 2**31)."""
     w = layer.weight
     mask = layer.effective_mask
-    n_present = layer.n_present
-    out = np.empty((x.shape[0], layer.n_out), dtype=np.int32)
+    subtract = layer.n_present + layer.threshold.astype(np.int64)  # score = 2 * agree - this
+    out = np.empty((x.shape[0], layer.n_out), dtype=np.int64)
     rows = max(1, _CHUNK_WORDS // max(1, w.size))
     for start in range(0, x.shape[0], rows):
         xs = x[start : start + rows, None, :]
-        agree = np.bitwise_count(~(xs ^ w[None]) & mask[None]).sum(axis=2, dtype=np.int32)
-        out[start : start + rows] = 2 * agree - n_present - layer.threshold
+        agree = np.bitwise_count(~(xs ^ w[None]) & mask[None]).sum(axis=2, dtype=np.int64)
+        out[start : start + rows] = 2 * agree - subtract
     return out
 
 

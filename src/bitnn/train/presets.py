@@ -14,6 +14,7 @@ override. Everything else (epochs, learning rates, widths) may be overridden.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,7 @@ PRESETS: dict[str, Preset] = {
         },
         binarizer="quantile:2:thermometer",
         description="integer thresholds (folded BatchNorm), cosine schedule",
+        fixed=("bias_kind", "output_bias_kind"),
         datasets={
             "mnist": {**_MNIST, "hidden": (2048, 2048, 2048)},
             "denoise": _DENOISE,
@@ -108,6 +110,49 @@ PRESETS: dict[str, Preset] = {
         },
     ),
 }
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) if value else "(none)"
+    return str(value)
+
+
+def describe_presets(flags: dict[str, str], datasets: tuple[str, ...] = ("mnist",)) -> str:
+    """What each preset sets, for ``--help``: ``flags`` maps config keys to option names."""
+    flags = {"output_bias_kind": "output layer bias", **flags}
+    lines = ["presets (an option you give replaces the preset's value unless marked fixed):"]
+    wrap = textwrap.TextWrapper(width=92, initial_indent="    ", subsequent_indent="      ")
+    for name, preset in PRESETS.items():
+        lines.append(f"  {name}: {preset.description}")
+        sets = [
+            f"{flags.get(k, k)} {_show(v)}" + (" (fixed)" if k in preset.fixed else "")
+            for k, v in preset.config.items()
+        ]
+        kinds = " or ".join(preset.binarizer_kinds)
+        sets.append(f"--binarizer {preset.binarizer}" + (f" ({kinds} only)" if kinds else ""))
+        lines += wrap.wrap("sets " + "; ".join(sets))
+        for dataset in datasets:
+            extra = preset.datasets.get(dataset)
+            if extra:
+                shown = "; ".join(f"{flags.get(k, k)} {_show(v)}" for k, v in extra.items())
+                lines += wrap.wrap(f"on {dataset} also {shown}")
+        lines += wrap.wrap("on your own data every other option keeps the default shown above")
+    lines.append(
+        "without --preset every option keeps its default (binarizer quantile:2:thermometer)"
+    )
+    return "\n".join(lines)
+
+
+def overrides(
+    preset_name: str | None, explicit: dict[str, Any], dataset: str | None = None
+) -> list[tuple[str, Any, Any]]:
+    """``(key, given, preset's value)`` for each explicit option that replaces a preset value."""
+    if preset_name is None:
+        return []
+    preset = get_preset(preset_name)
+    values = {**preset.config, **preset.datasets.get(dataset or "", {})}
+    return [(k, v, values[k]) for k, v in explicit.items() if k in values and values[k] != v]
 
 
 def get_preset(name: str) -> Preset:

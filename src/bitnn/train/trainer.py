@@ -30,99 +30,14 @@ from bitnn.binarize import Binarizer, ThresholdBinarizer, check_features, edge_c
 from bitnn.errors import InputError, ModelFormatError, TrainingInterrupted
 from bitnn.io import atomic_write_bytes, decode_container, encode_container
 from bitnn.network import BitNetwork
-from bitnn.progress import ProgressBar, log
+from bitnn.progress import ProgressBar, format_duration, log
 from bitnn.train import distributed
+from bitnn.train.config import TrainConfig
 from bitnn.train.convert import to_bit_network
 from bitnn.train.layers import BitMLP
 
 CHECKPOINT_FORMAT = "bitnn-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. See ``bitnn.train.presets`` for named sets."""
-
-    hidden: tuple[int, ...] = (256, 256)
-    bias_kind: str = "threshold"  # hidden layers: "bias" (paper), "threshold" (folded BN), "none"
-    output_bias_kind: str = "bias"
-    sparsity: float = 0.0  # target fraction of absent weights (beta from its quantile)
-    # Round 2's real-valued weights: "tanh" keeps the latent W behind tanh (the paper);
-    # "clip" starts round 2 from tanh(W) and updates those values directly, clipped to [-1, 1].
-    round2_weights: str = "tanh"
-    epochs_round1: int = 10
-    epochs_round2: int = 10
-    batch_size: int = 100
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr_round1: float = 1e-2
-    lr_round2: float = 3e-3
-    momentum: float = 0.9  # sgd only
-    schedule: str = "cosine"  # cosine | exponential | constant (per round)
-    weight_decay: float = 0.0
-    dropout_input: float = 0.0
-    dropout_hidden: float = 0.0
-    # Data augmentation for images: every training sample is moved by a random whole number of
-    # pixels in [-augment_shift, augment_shift] along each axis (pixels moved in are 0), then
-    # binarized. Needs image_shape = (height, width) of the row-major raw input.
-    augment_shift: int = 0
-    image_shape: tuple[int, ...] = ()
-    val_fraction: float = 0.1
-    # Which epoch's network ends each round: "best" (highest validation accuracy, or training
-    # accuracy without a validation split) or "last" (then, without a validation split, no
-    # epoch is evaluated: training on all the data with a fixed schedule costs no extra pass).
-    keep: str = "best"
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.image_shape = tuple(int(d) for d in self.image_shape)
-        problems = []
-        if any(h < 1 for h in self.hidden):
-            problems.append("hidden sizes must be positive")
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            problems.append(f"optimizer must be adam, adamw or sgd, not {self.optimizer!r}")
-        if self.round2_weights not in ("tanh", "clip"):
-            problems.append(f"round2_weights must be tanh or clip, not {self.round2_weights!r}")
-        if self.keep not in ("best", "last"):
-            problems.append(f"keep must be best or last, not {self.keep!r}")
-        if self.schedule not in ("cosine", "exponential", "constant"):
-            problems.append(
-                f"schedule must be cosine, exponential or constant, not {self.schedule!r}"
-            )
-        if self.epochs_round1 < 0 or self.epochs_round2 < 0:
-            problems.append("epoch counts cannot be negative")
-        if self.epochs_round1 + self.epochs_round2 == 0:
-            problems.append("train for at least one epoch")
-        if self.augment_shift < 0:
-            problems.append("augment_shift cannot be negative")
-        if self.augment_shift and (len(self.image_shape) != 2 or min(self.image_shape) < 1):
-            problems.append("augment_shift needs image_shape = (height, width)")
-        if self.batch_size < 1:
-            problems.append("batch_size must be positive")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append("val_fraction must be in [0, 1)")
-        for name in ("dropout_input", "dropout_hidden", "sparsity"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name} must be in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if problems:
-            raise InputError("invalid training configuration: " + "; ".join(problems))
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        d["image_shape"] = list(self.image_shape)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InputError(f"unknown training options: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass
@@ -179,6 +94,8 @@ def validate_targets(
 ) -> tuple[np.ndarray, str, int]:
     """Check labels: class ids 0..C-1 (1-D) or 0/1 bit targets (2-D). Returns (y, output, C)."""
     a = np.asarray(y)
+    if a.ndim == 0:
+        raise InputError(f"y must hold one label per sample, got a single value {a.item()!r}")
     if a.shape[0] != n_samples:
         raise InputError(f"X has {n_samples} samples but y has {a.shape[0]}; they must match")
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
@@ -220,10 +137,24 @@ def _silent(message: str) -> None:
     """Log lines of ranks other than 0 are dropped."""
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``TrainConfig.device``; a CUDA device this machine lacks is an
+    :class:`InputError` (checked before any data is read or training starts)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device {name}: PyTorch sees no CUDA GPU here (or was built without CUDA); "
+                "use --device cpu, or auto to take a GPU when there is one"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"numbered from 0"
+            )
+    return device
 
 
 @contextmanager
@@ -281,7 +212,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.cluster = distributed.setup(self.device)
         if self.cluster.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.cluster.local_rank)
@@ -418,6 +349,28 @@ class Trainer:
                 out[name][str(r)] = self.evaluate(x, y)
         return out
 
+    def _batches_left(self) -> int:
+        """Optimizer steps from the current position to the end of round 2."""
+        pos, left = self.position, 0
+        for r in (1, 2):
+            if r == pos.round:
+                left += max(0, self._epochs(r) - pos.epoch) * self._n_batches - pos.batch
+            elif r > pos.round:
+                left += self._epochs(r) * self._n_batches
+        return left
+
+    def run_eta(self) -> str:
+        """The whole run's progress and time left, from this process's pace so far (its
+        steps and evaluations), e.g. ``run 40% done, about 1m20s left``."""
+        left = self._batches_left()
+        done = self._eta_left0 - left
+        total = self._n_batches * (self.config.epochs_round1 + self.config.epochs_round2)
+        share = f"run {100 * (total - left) / max(1, total):.0f}% done"
+        if done <= 0 or left == 0:
+            return share
+        per_step = (time.perf_counter() - self._eta_start) / done
+        return f"{share}, about {format_duration(per_step * left)} left"
+
     def _run(self) -> None:
         cfg, pos = self.config, self.position
         n = self.y_train.shape[0]
@@ -425,6 +378,9 @@ class Trainer:
         world, rank = self.cluster.world, self.cluster.rank
         if n % cfg.batch_size and n % cfg.batch_size < world:
             n_batches -= 1  # a last batch too small to give every process a sample is dropped
+        self._n_batches = n_batches
+        self._eta_start, self._eta_left0 = time.perf_counter(), self._batches_left()
+        last_note = time.perf_counter()
         self.model.train()
         while pos.round <= 2:
             epochs = self._epochs(pos.round)
@@ -476,7 +432,13 @@ class Trainer:
                 )
                 losses.append(loss_sum / count)
                 pos.batch += 1
-                bar.update(pos.batch, f"loss {np.mean(losses[-50:]):.4f}")
+                bar.update(pos.batch, f"loss {np.mean(losses[-50:]):.4f} | {self.run_eta()} |")
+                if not bar.live and self.cluster.main and time.perf_counter() - last_note > 60:
+                    last_note = time.perf_counter()  # a log file hears of long epochs too
+                    log(
+                        f"round {pos.round} epoch {pos.epoch + 1}/{epochs}: batch {pos.batch}/"
+                        f"{n_batches}, loss {np.mean(losses[-50:]):.4f}; {self.run_eta()}"
+                    )
                 if self.on_batch is not None:
                     self.on_batch(self)
             bar.close()
@@ -497,11 +459,11 @@ class Trainer:
         if self.config.keep == "last" or best is None or metric > best[0]:
             self.best[pos.round] = (metric, copy.deepcopy(self.model.state_dict()))
         shown = "" if metric is None else f"  val accuracy {100 * metric:.2f}%"
-        (log if self.cluster.main else _silent)(
-            f"round {pos.round} epoch {pos.epoch + 1}/{self._epochs(pos.round)}: "
-            f"loss {train_loss:.4f}{shown}  ({record['seconds']:.1f}s)"
-        )
+        epoch = f"round {pos.round} epoch {pos.epoch + 1}/{self._epochs(pos.round)}"
         pos.epoch, pos.batch = pos.epoch + 1, 0
+        (log if self.cluster.main else _silent)(
+            f"{epoch}: loss {train_loss:.4f}{shown}  ({record['seconds']:.1f}s; {self.run_eta()})"
+        )
         self.epoch_losses = []
         self.save_checkpoint()
 
@@ -708,6 +670,21 @@ def train_network(
         on_batch=on_batch,
         metadata=metadata or {},
     )
+    if trainer.cluster.main:
+        targets = f"{n_outputs} classes" if output == "scores" else f"{n_outputs} output bits"
+        held = "no validation split" if x_va is None else f"{x_va.shape[0]:,} for validation"
+        if X_val is None and x_va is not None:
+            held += f" ({config.val_fraction:g} of the data, seeded)"
+        threads = torch.get_num_threads() if trainer.device.type == "cpu" else None
+        log(
+            f"data: {x_tr.shape[0]:,} training samples x {x_all.shape[1]} features "
+            f"-> {binarizer.n_bits_out_} input bits ({binarizer!r}), {targets}; {held}"
+        )
+        log(
+            f"device: {trainer.device}"
+            + (f" ({threads} threads)" if threads else "")
+            + (f", {trainer.cluster.world} processes" if trainer.cluster.active else "")
+        )
     if resume:
         trainer.load_checkpoint_state(tensors, description)
         pos = trainer.position
