@@ -556,12 +556,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bitnn.export.c import STACK_BYTES, export_c, toolchain_sizes
+    from bitnn.export.c import STACK_BYTES, check_output_folder, export_c, toolchain_sizes
 
     folder = Path(args.output)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"-o {folder} is a file; export writes NAME.h and NAME.c into a folder")
     if folder.is_dir():
+        check_output_folder(folder, args.name)  # other files: refused even with --force
         existing = [str(folder / f"{args.name}{ext}") for ext in (".h", ".c")]
         existing = [f for f in existing if Path(f).exists()]
         if existing and not args.force:

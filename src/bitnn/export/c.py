@@ -658,7 +658,10 @@ def generate_c(network: BitNetwork, name: str = "bitnn_model", target: str = "ho
     return CExport("\n".join(h) + "\n", "\n".join(c) + "\n", work_words, flash)
 
 
-def _check_folder(folder: Path, name: str) -> None:
+def check_output_folder(folder: Path, name: str) -> None:
+    """Refuse a bad name, a file, or a folder holding anything but an earlier export of
+    ``name``."""
+    _valid_identifier(name)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output {folder} exists and is not a folder; choose a folder")
     if folder.is_dir():
@@ -683,7 +686,7 @@ def export_c(
     written, and both files are written to temporary names first, then renamed."""
     folder = Path(folder)
     gen = generate_c(network, name, target)  # raises InputError before touching the disk
-    _check_folder(folder, name)
+    check_output_folder(folder, name)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.h", folder / f"{name}.c"]
     tmps = []
