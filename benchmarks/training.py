@@ -12,6 +12,9 @@ values and gradients (the tests hold the ops equal); the optimizer may round dif
 Prints the median step time (forward, backward, optimizer step on random +1/-1 batches) per
 round and the ratio.
 
+``--contention``: round 2's step time on a quiet machine and beside one CPU-bound process,
+with PyTorch's default thread count and with bitnn's (``bitnn.train.trainer.cpu_threads``).
+
 ``--profile``: instead, the profile of the trainer's step side by side with a plain float32
 MLP of the same shape (tanh, Adam, cross-entropy, the same batch: what a bitnn step should
 cost at most), at each thread count of ``--threads``, and where a bitnn step spends its time
@@ -188,6 +191,50 @@ def profile_main(hidden, batch, steps, threads: list[int]) -> None:
     print(f"| total | {1e3 * total[1]:.2f} ms | {1e3 * total[2]:.2f} ms |")
 
 
+def _spin() -> None:  # a CPU-bound neighbour: another training, a test run
+    while True:
+        pass
+
+
+def contention_main(hidden, batch, steps) -> None:
+    """Round-2 step time, quiet and beside one CPU-bound process, with PyTorch's default
+    thread count (one per core) and with bitnn's (``cpu_threads``: the CPUs this process may
+    use, less those busy elsewhere when training starts)."""
+    import multiprocessing
+    import os
+
+    from bitnn.train.trainer import cpu_threads
+
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    for label in ("quiet", "one busy neighbour"):
+        neighbour = None
+        if label != "quiet":
+            neighbour = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
+            neighbour.start()
+            time.sleep(1.0)  # let the scheduler and /proc/loadavg see it
+        try:
+            chosen = cpu_threads()
+            times = {}
+            for name, n in (("PyTorch default", cores), ("bitnn default", chosen)):
+                torch.set_num_threads(n)
+                times[name] = (n, step_times(hidden, batch, steps, 2, False))
+            rows.append((label, times))
+        finally:
+            if neighbour is not None:
+                neighbour.terminate()
+                neighbour.join()
+    print("| machine | PyTorch default (threads, step) | bitnn default (threads, step) |")
+    print("|---|---:|---:|")
+    for label, t in rows:
+        cells = [f"{n}, {1e3 * sec:.1f} ms" for n, sec in t.values()]
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
+    for name in ("PyTorch default", "bitnn default"):
+        ratio = rows[1][1][name][1] / rows[0][1][name][1]
+        print(f"\n{name}: beside a busy process {ratio:.2f}x its quiet step time", end="")
+    print()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", default="1024,1024,1024")
@@ -195,8 +242,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
     p.add_argument("--threads", default="1,2", help="--profile: thread counts to time")
+    p.add_argument("--contention", action="store_true", help="quiet vs beside a busy process")
     args = p.parse_args()
     hidden = tuple(int(h) for h in args.hidden.split(","))
+    if args.contention:
+        print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "
+              f"{args.batch}; round 2, median of {args.steps} steps")  # fmt: skip
+        print()
+        contention_main(hidden, args.batch, args.steps)
+        return
     if args.profile:
         print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "
               f"{args.batch}; median of {args.steps} steps")  # fmt: skip

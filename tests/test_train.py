@@ -372,3 +372,32 @@ def test_training_on_cuda_gives_a_bit_exact_network(tmp_path, output):
         out = gpu.model(x).cpu().numpy()
     want = (out >= 0).astype(np.uint8) if output == "bits" else np.argmax(out, axis=1)
     np.testing.assert_array_equal(net.predict(X), want)
+
+
+def test_cpu_threads_default_leaves_busy_cores_to_others(monkeypatch):
+    from bitnn.train import trainer as tr
+
+    cpus = len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setattr(tr, "_busy_elsewhere", lambda: 0)
+    assert tr.cpu_threads() == cpus
+    monkeypatch.setattr(tr, "_busy_elsewhere", lambda: cpus + 3)
+    assert tr.cpu_threads() == 1
+    assert tr.cpu_threads(3) == 3
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="threads"):
+            tr.cpu_threads(bad)
+
+
+def test_threads_are_recorded_restored_and_a_resume_on_others_warns(tmp_path):
+    X, y = _blobs()
+    cfg = TrainConfig(hidden=(16,), epochs_round1=1, epochs_round2=1, seed=3, device="cpu")
+    before = torch.get_num_threads()
+    ckpt = tmp_path / "m.ckpt"
+    with quiet():
+        a = train_network(X, y, cfg, QuantileBinarizer(2), threads=1, checkpoint_path=ckpt)
+        b = train_network(X, y, cfg, QuantileBinarizer(2), threads=1)
+    assert torch.get_num_threads() == before
+    assert a.metadata["training"]["threads"] == 1
+    assert _layers_equal(a, b)  # same seed, same thread count: the same network
+    with quiet(), pytest.warns(UserWarning, match="trained on 1 CPU thread"):
+        train_network(X, y, None, None, threads=2, checkpoint_path=ckpt, resume=True)

@@ -52,6 +52,16 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
 ]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number >= 1, not {text!r}")
+    return value
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -536,6 +546,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         y_val=y_val,
         checkpoint_path=checkpoint,
         resume=args.resume,
+        threads=args.threads,
         metadata={
             "command": command,
             "data": str(args.data),
@@ -882,6 +893,7 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         lc_db=data_options["lc_db"],
         checkpoint_path=checkpoint,
         resume=args.resume,
+        threads=args.threads,
         metadata={"command": command, "bitnn_version": __version__},
         data_options=data_options,
     )
@@ -962,6 +974,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
     )
+    s.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads (default: the CPUs this process may use, less those other "
+        "processes keep busy at the start; results are bit-identical for the same seed and "
+        "thread count; allowed with --resume)",
+    )
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
         s.add_argument(flag, dest=name, type=typ, default=None, help=_with_default(name, hlp))
     s.set_defaults(func=cmd_train)
@@ -1035,6 +1055,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.add_argument(
         "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
+    )
+    s.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads (default: the CPUs this process may use, less those other "
+        "processes keep busy at the start; results are bit-identical for the same seed and "
+        "thread count; allowed with --resume)",
     )
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
         if name not in ("augment_shift", "image_shape", "val_fraction"):

@@ -113,6 +113,7 @@ def train_denoiser(
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> BitNetwork:
     """Train a denoising BitNetwork on the frames of ``data.train`` (IBM targets with the
     local SNR criterion ``lc_db``); ``data.val`` frames are measured after every epoch (bit
@@ -143,4 +144,5 @@ def train_denoiser(
         checkpoint_path=checkpoint_path,
         resume=resume,
         metadata={**meta, **(metadata or {})},
+        threads=threads,
     )

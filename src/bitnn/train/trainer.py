@@ -13,9 +13,11 @@ import copy
 import dataclasses
 import hashlib
 import math
+import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -588,6 +590,50 @@ def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """PyTorch's CPU threads set to ``n`` (None: left alone) for the block, then restored."""
+    saved = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _busy_elsewhere() -> int:
+    """CPUs that other processes keep busy right now: the kernel's count of runnable threads
+    (/proc/loadavg), less the one asking. 0 where the count cannot be read."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - 1)
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Threads for training on the CPU: ``requested``, else the CPUs this process may use less
+    those other processes keep busy when training starts, at least 1.
+
+    PyTorch's own default (one thread per core) collapses when another process shares the
+    cores: every op waits for all its threads, and one that is descheduled holds the others up
+    (a 2-core machine with one busy neighbour ran the paper's steps 5-8x slower than on one
+    thread, benchmarks/training.py --contention). Results are bit-identical for the same seed
+    and the same thread count; the count is recorded in the model's training metadata.
+    """
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise InputError(f"threads must be a whole number >= 1, got {requested!r}")
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - _busy_elsewhere())
+
+
 def train_network(
     X: Any,
     y: Any,
@@ -602,6 +648,7 @@ def train_network(
     metadata: dict[str, Any] | None = None,
     on_batch: Callable[[Trainer], None] | None = None,
     report: dict[str, tuple[Any, Any]] | None = None,
+    threads: int | None = None,
 ) -> BitNetwork:
     """Train a bitwise network on raw ``(X, y)`` and return the deployed :class:`BitNetwork`.
 
@@ -611,11 +658,14 @@ def train_network(
     configuration; the data must be the same as when it started. ``report`` names extra
     ``(X, y)`` sets (say, a test set) on which each round's best network is measured; the
     accuracies go to the metadata (``training.round_accuracy``), nothing is selected on them.
+    ``threads``: PyTorch threads on the CPU (default: :func:`cpu_threads`), set for the run and
+    restored after it.
     """
     x_all = check_features(X)
     y_all, output, n_outputs = validate_targets(y, x_all.shape[0], n_classes)
     fingerprint = data_fingerprint(x_all, y_all)
     tensors: dict[str, np.ndarray] = {}
+    description: dict[str, Any] = {}
     if resume:
         if checkpoint_path is None:
             raise InputError("resume needs a checkpoint path")
@@ -670,47 +720,63 @@ def train_network(
         on_batch=on_batch,
         metadata=metadata or {},
     )
-    if trainer.cluster.main:
-        targets = f"{n_outputs} classes" if output == "scores" else f"{n_outputs} output bits"
-        held = "no validation split" if x_va is None else f"{x_va.shape[0]:,} for validation"
-        if X_val is None and x_va is not None:
-            held += f" ({config.val_fraction:g} of the data, seeded)"
-        threads = torch.get_num_threads() if trainer.device.type == "cpu" else None
-        log(
-            f"data: {x_tr.shape[0]:,} training samples x {x_all.shape[1]} features "
-            f"-> {binarizer.n_bits_out_} input bits ({binarizer!r}), {targets}; {held}"
-        )
-        log(
-            f"device: {trainer.device}"
-            + (f" ({threads} threads)" if threads else "")
-            + (f", {trainer.cluster.world} processes" if trainer.cluster.active else "")
-        )
-    if resume:
-        trainer.load_checkpoint_state(tensors, description)
-        pos = trainer.position
-        log(f"resuming at round {pos.round}, epoch {pos.epoch + 1}, batch {pos.batch}")
-    model = trainer.run()
-    round_accuracy = {}
-    if report:
-        sets = {}
-        for name, (Xr, yr) in report.items():
-            xr = check_features(Xr, x_all.shape[1], f"report set {name!r}")
-            yr, _, _ = validate_targets(yr, xr.shape[0], n_outputs if output == "scores" else None)
-            sets[name] = (to_bipolar(binarizer.transform(xr)), yr)
-        round_accuracy = trainer.round_accuracies(sets)
-        model = trainer.final_model()
-    final = trainer.history[-1] if trainer.history else {}
-    meta = {
-        "training": {
-            "config": config.to_json(),
-            "history": trainer.history,
-            "best_val_accuracy": {str(r): m for r, (m, _) in trainer.best.items()},
-            "n_train": int(x_tr.shape[0]),
-            "n_val": 0 if x_va is None else int(x_va.shape[0]),
-            "data_sha256": fingerprint,
-            "final_epoch": final,
-            "round_accuracy": round_accuracy,
-        },
-        **(metadata or {}),
-    }
-    return to_bit_network(model.cpu(), binarizer, meta)
+    n_threads = cpu_threads(threads) if trainer.device.type == "cpu" else None
+    if resume and n_threads is not None:
+        before = description.get("metadata", {}).get("threads")
+        if isinstance(before, int) and before != n_threads:
+            warnings.warn(
+                f"this run trained on {before} CPU thread(s) before and resumes on {n_threads}: "
+                f"its result can differ from an uninterrupted run's (--threads {before} keeps "
+                "it the same)",
+                stacklevel=2,
+            )
+    if n_threads is not None:
+        trainer.metadata["threads"] = n_threads  # kept in checkpoints, for the resume check
+    with _torch_threads(n_threads):
+        if trainer.cluster.main:
+            targets = f"{n_outputs} classes" if output == "scores" else f"{n_outputs} output bits"
+            held = "no validation split" if x_va is None else f"{x_va.shape[0]:,} for validation"
+            if X_val is None and x_va is not None:
+                held += f" ({config.val_fraction:g} of the data, seeded)"
+            threads = torch.get_num_threads() if trainer.device.type == "cpu" else None
+            log(
+                f"data: {x_tr.shape[0]:,} training samples x {x_all.shape[1]} features "
+                f"-> {binarizer.n_bits_out_} input bits ({binarizer!r}), {targets}; {held}"
+            )
+            log(
+                f"device: {trainer.device}"
+                + (f" ({threads} threads)" if threads else "")
+                + (f", {trainer.cluster.world} processes" if trainer.cluster.active else "")
+            )
+        if resume:
+            trainer.load_checkpoint_state(tensors, description)
+            pos = trainer.position
+            log(f"resuming at round {pos.round}, epoch {pos.epoch + 1}, batch {pos.batch}")
+        model = trainer.run()
+        round_accuracy = {}
+        if report:
+            sets = {}
+            for name, (Xr, yr) in report.items():
+                xr = check_features(Xr, x_all.shape[1], f"report set {name!r}")
+                yr, _, _ = validate_targets(
+                    yr, xr.shape[0], n_outputs if output == "scores" else None
+                )
+                sets[name] = (to_bipolar(binarizer.transform(xr)), yr)
+            round_accuracy = trainer.round_accuracies(sets)
+            model = trainer.final_model()
+        final = trainer.history[-1] if trainer.history else {}
+        meta = {
+            "training": {
+                "config": config.to_json(),
+                "history": trainer.history,
+                "best_val_accuracy": {str(r): m for r, (m, _) in trainer.best.items()},
+                "n_train": int(x_tr.shape[0]),
+                "n_val": 0 if x_va is None else int(x_va.shape[0]),
+                "data_sha256": fingerprint,
+                "final_epoch": final,
+                "round_accuracy": round_accuracy,
+                **({"threads": n_threads} if n_threads is not None else {}),
+            },
+            **(metadata or {}),
+        }
+        return to_bit_network(model.cpu(), binarizer, meta)
