@@ -12,7 +12,8 @@ values and gradients (the tests hold the ops equal); the optimizer may round dif
 Prints the median step time (forward, backward, optimizer step on random +1/-1 batches) per
 round and the ratio.
 
-``--contention``: round 2's step time on a quiet machine and beside one CPU-bound process,
+``--contention spin|training``: round 2's step time on a quiet machine and beside one
+CPU-bound process (a one-core spin loop, or another training on PyTorch's default threads),
 with PyTorch's default thread count and with bitnn's (``bitnn.train.trainer.cpu_threads``).
 
 ``--profile``: instead, the profile of the trainer's step side by side with a plain float32
@@ -191,12 +192,25 @@ def profile_main(hidden, batch, steps, threads: list[int]) -> None:
     print(f"| total | {1e3 * total[1]:.2f} ms | {1e3 * total[2]:.2f} ms |")
 
 
-def _spin() -> None:  # a CPU-bound neighbour: another training, a test run
+def _spin() -> None:  # a CPU-bound neighbour on one core (a test run, a compiler)
     while True:
         pass
 
 
-def contention_main(hidden, batch, steps) -> None:
+def _other_training() -> None:  # another PyTorch training on PyTorch's default threads
+    while True:
+        step_times((1024, 1024, 1024), 100, 50, 2, False)
+
+
+NEIGHBOURS = {"spin": _spin, "training": _other_training}
+
+
+def _neighbour(kind: str, started) -> None:
+    started.set()
+    NEIGHBOURS[kind]()
+
+
+def contention_main(hidden, batch, steps, neighbour_kind: str) -> None:
     """Round-2 step time, quiet and beside one CPU-bound process, with PyTorch's default
     thread count (one per core) and with bitnn's (``cpu_threads``: the CPUs this process may
     use, less those busy elsewhere when training starts)."""
@@ -207,13 +221,17 @@ def contention_main(hidden, batch, steps) -> None:
 
     cores = len(os.sched_getaffinity(0))
     rows = []
-    for label in ("quiet", "one busy neighbour"):
+    for label in ("quiet", f"beside {neighbour_kind}"):
         neighbour = None
         if label != "quiet":
-            neighbour = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
+            ctx = multiprocessing.get_context("spawn")
+            started = ctx.Event()
+            neighbour = ctx.Process(target=_neighbour, args=(neighbour_kind, started), daemon=True)
             neighbour.start()
-            time.sleep(1.0)  # let the scheduler and /proc/loadavg see it
+            started.wait(60)  # it has imported torch and begun
+            time.sleep(1.0)
         try:
+            torch.set_num_threads(cores)  # PyTorch's default, what cpu_threads starts from
             chosen = cpu_threads()
             times = {}
             for name, n in (("PyTorch default", cores), ("bitnn default", chosen)):
@@ -231,7 +249,7 @@ def contention_main(hidden, batch, steps) -> None:
         print(f"| {label} | {cells[0]} | {cells[1]} |")
     for name in ("PyTorch default", "bitnn default"):
         ratio = rows[1][1][name][1] / rows[0][1][name][1]
-        print(f"\n{name}: beside a busy process {ratio:.2f}x its quiet step time", end="")
+        print(f"\n{name}: beside {neighbour_kind} {ratio:.2f}x its quiet step time", end="")
     print()
 
 
@@ -242,14 +260,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
     p.add_argument("--threads", default="1,2", help="--profile: thread counts to time")
-    p.add_argument("--contention", action="store_true", help="quiet vs beside a busy process")
+    p.add_argument(
+        "--contention",
+        choices=sorted(NEIGHBOURS),
+        help="quiet vs beside a busy process: a 1-core spin loop or another training",
+    )
     args = p.parse_args()
     hidden = tuple(int(h) for h in args.hidden.split(","))
     if args.contention:
         print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "
               f"{args.batch}; round 2, median of {args.steps} steps")  # fmt: skip
         print()
-        contention_main(hidden, args.batch, args.steps)
+        contention_main(hidden, args.batch, args.steps, args.contention)
         return
     if args.profile:
         print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "

@@ -604,18 +604,24 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 def _busy_elsewhere() -> int:
     """CPUs that other processes keep busy right now: the kernel's count of runnable threads
-    (/proc/loadavg), less the one asking. 0 where the count cannot be read."""
+    (/proc/loadavg) less this process's own (its PyTorch threads may still be spinning after
+    earlier work). 0 where the counts cannot be read."""
     try:
         with open("/proc/loadavg") as f:
             running = int(f.read().split()[3].split("/")[0])
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/stat") as f:
+                own += f.read().rsplit(")", 1)[1].split()[0] == "R"
     except (OSError, ValueError, IndexError):
         return 0
-    return max(0, running - 1)
+    return max(0, running - max(own, 1))
 
 
 def cpu_threads(requested: int | None = None) -> int:
-    """Threads for training on the CPU: ``requested``, else the CPUs this process may use less
-    those other processes keep busy when training starts, at least 1.
+    """Threads for training on the CPU: ``requested``, else the CPUs this process may use (at
+    most PyTorch's setting, e.g. ``OMP_NUM_THREADS``) less those other processes keep busy when
+    training starts, at least 1.
 
     PyTorch's own default (one thread per core) collapses when another process shares the
     cores: every op waits for all its threads, and one that is descheduled holds the others up
@@ -631,7 +637,8 @@ def cpu_threads(requested: int | None = None) -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, cpus - _busy_elsewhere())
+    # torch.get_num_threads() is PyTorch's own setting: OMP_NUM_THREADS when the user set it
+    return max(1, min(cpus, torch.get_num_threads()) - _busy_elsewhere())
 
 
 def train_network(
