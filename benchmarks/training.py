@@ -94,16 +94,21 @@ def step_times(hidden, batch, steps, round_, before: bool) -> float:
         optimizer = Trainer._make_optimizer(SimpleNamespace(config=cfg, model=model), 1e-3)
     x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
     y = torch.randint(0, 10, (batch,))
-    times = []
     with before_ops() if before else contextlib.nullcontext():
-        for i in range(steps + 3):  # 3 warm-up steps
-            t = time.perf_counter()
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if i >= 3:
-                times.append(time.perf_counter() - t)
+        return median_step(model, optimizer, x, y, steps)
+
+
+def median_step(model, optimizer, x, y, steps) -> float:
+    """Median seconds of a training step (forward, backward, optimizer), after 3 warm-ups."""
+    times = []
+    for i in range(steps + 3):
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
     return float(np.median(times))
 
 
@@ -118,16 +123,7 @@ def float_step_times(hidden, batch, steps) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
     y = torch.randint(0, 10, (batch,))
-    times = []
-    for i in range(steps + 3):
-        t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return median_step(model, optimizer, x, y, steps)
 
 
 _GROUPS = [  # (group, substrings of op names), first match wins

@@ -302,34 +302,13 @@ print("loaded", loaded, "sanitized ok")
 """
 
 
-def test_loaded_networks_under_address_sanitizer(tmp_path):
+def test_loaded_networks_under_address_sanitizer(tmp_path, sanitized_kernels):
     """Networks the loader accepts (edge shapes, extreme thresholds and edges, the fuzz's
     loadable mutants) run in every compiled kernel variant built with ASan and UBSan: no
     out-of-bounds access, no undefined behaviour, the reference engine's answers."""
-    import os
     import sys
-    import sysconfig
 
-    from bitnn.engine import compiled
-
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
-    if libasan.returncode != 0 or not Path(libasan.stdout.strip()).exists():
-        pytest.skip("gcc with AddressSanitizer is not available")
-    src = Path(compiled.__file__).with_name("_kernels.c")
-    so = tmp_path / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
-    include = sysconfig.get_paths()["include"]
-    subprocess.run(
-        ["gcc", "-O1", "-g", "-std=gnu11", "-fPIC", "-shared", "-pthread",
-         "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-         "-fno-sanitize-recover=undefined", f"-I{include}", str(src), "-o", str(so)],
-        check=True,
-    )  # fmt: skip
-    env = {
-        **os.environ,
-        "LD_PRELOAD": libasan.stdout.strip(),
-        "ASAN_OPTIONS": "detect_leaks=0",
-        "UBSAN_OPTIONS": "print_stacktrace=1",
-    }
+    env = sanitized_kernels
     script = tmp_path / "check.py"
     script.write_text(LOADED_UNDER_ASAN)
     fuzz = Path(__file__).resolve().parent.parent / "benchmarks" / "format_fuzz.py"

@@ -1,11 +1,8 @@
 """Every compiled kernel variant against the numpy reference engine, bit for bit."""
 
-import os
 import subprocess
 import sys
-import sysconfig
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,25 +230,8 @@ print("sanitized kernels ok")
 """
 
 
-def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True)
-    if libasan.returncode != 0 or not Path(libasan.stdout.strip()).exists():
-        pytest.skip("gcc with AddressSanitizer is not available")
-    src = Path(compiled.__file__).with_name("_kernels.c")
-    so = tmp_path / ("_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
-    include = sysconfig.get_paths()["include"]
-    subprocess.run(
-        ["gcc", "-O1", "-g", "-std=gnu11", "-fPIC", "-shared", "-pthread",
-         "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-         "-fno-sanitize-recover=undefined", f"-I{include}", str(src), "-o", str(so)],
-        check=True,
-    )  # fmt: skip
-    env = {
-        **os.environ,
-        "LD_PRELOAD": libasan.stdout.strip(),
-        "ASAN_OPTIONS": "detect_leaks=0",
-        "UBSAN_OPTIONS": "print_stacktrace=1",
-    }
+def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path, sanitized_kernels):
+    env = sanitized_kernels
     script = tmp_path / "check.py"
     script.write_text(SANITIZER_SCRIPT)
     r = subprocess.run(

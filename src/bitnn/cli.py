@@ -62,6 +62,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads (default: the CPUs this process may use, less those other "
+        "processes keep busy at the start; --threads 1 makes a run bit-identical for the "
+        "same seed; allowed with --resume)",
+    )
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -974,14 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
     )
-    s.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="CPU threads (default: the CPUs this process may use, less those other "
-        "processes keep busy at the start; results are bit-identical for the same seed and "
-        "thread count; allowed with --resume)",
-    )
+    _add_threads_option(s)
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
         s.add_argument(flag, dest=name, type=typ, default=None, help=_with_default(name, hlp))
     s.set_defaults(func=cmd_train)
@@ -1056,14 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
     )
-    s.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="CPU threads (default: the CPUs this process may use, less those other "
-        "processes keep busy at the start; results are bit-identical for the same seed and "
-        "thread count; allowed with --resume)",
-    )
+    _add_threads_option(s)
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
         if name not in ("augment_shift", "image_shape", "val_fraction"):
             s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)

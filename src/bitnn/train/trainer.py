@@ -625,9 +625,10 @@ def cpu_threads(requested: int | None = None) -> int:
 
     PyTorch's own default (one thread per core) collapses when another process shares the
     cores: every op waits for all its threads, and one that is descheduled holds the others up
-    (a 2-core machine with one busy neighbour ran the paper's steps 5-8x slower than on one
-    thread, benchmarks/training.py --contention). Results are bit-identical for the same seed
-    and the same thread count; the count is recorded in the model's training metadata.
+    (on 2 cores, round 2's steps ran 12-25x slower beside one busy process, bitnn's default
+    1.5-1.8x: docs/results/training.md). The count is recorded in the model's training
+    metadata. Runs with the same seed on one thread are bit-identical; with several, PyTorch's
+    CPU sums can differ from one process to the next (tests/test_cli.py's resume test).
     """
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
