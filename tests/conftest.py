@@ -7,6 +7,13 @@ import pytest
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 
+try:  # training in tests on one thread: bit-reproducible, whatever else runs on the machine
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:
+    pass
+
 
 @pytest.fixture(scope="session")
 def fsdd():

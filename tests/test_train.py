@@ -401,3 +401,9 @@ def test_threads_are_recorded_restored_and_a_resume_on_others_warns(tmp_path):
     assert _layers_equal(a, b)  # same seed, same thread count: the same network
     with quiet(), pytest.warns(UserWarning, match="trained on 1 CPU thread"):
         train_network(X, y, None, None, threads=2, checkpoint_path=ckpt, resume=True)
+    import warnings
+
+    with quiet(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # without --threads a resume keeps the run's own count
+        again = train_network(X, y, None, None, checkpoint_path=ckpt, resume=True)
+    assert again.metadata["training"]["threads"] == 1

@@ -627,8 +627,10 @@ def cpu_threads(requested: int | None = None) -> int:
     cores: every op waits for all its threads, and one that is descheduled holds the others up
     (on 2 cores, round 2's steps ran 12-25x slower beside one busy process, bitnn's default
     1.5-1.8x: docs/results/training.md). The count is recorded in the model's training
-    metadata. Runs with the same seed on one thread are bit-identical; with several, PyTorch's
-    CPU sums can differ from one process to the next (tests/test_cli.py's resume test).
+    metadata, and a resumed run keeps it. The default depends on the load when training starts,
+    so two runs of one command can differ in it and in their results; ``requested`` fixes it.
+    Runs with the same seed on one thread are bit-identical; with several, PyTorch's CPU sums
+    can differ from one process to the next (tests/test_cli.py's resume test).
     """
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
@@ -666,8 +668,8 @@ def train_network(
     configuration; the data must be the same as when it started. ``report`` names extra
     ``(X, y)`` sets (say, a test set) on which each round's best network is measured; the
     accuracies go to the metadata (``training.round_accuracy``), nothing is selected on them.
-    ``threads``: PyTorch threads on the CPU (default: :func:`cpu_threads`), set for the run and
-    restored after it.
+    ``threads``: PyTorch threads on the CPU (default: :func:`cpu_threads`; a resumed run: the
+    count it started with), set for the run and restored after it.
     """
     x_all = check_features(X)
     y_all, output, n_outputs = validate_targets(y, x_all.shape[0], n_classes)
@@ -728,9 +730,11 @@ def train_network(
         on_batch=on_batch,
         metadata=metadata or {},
     )
+    before = description.get("metadata", {}).get("threads") if resume else None
+    if threads is None and isinstance(before, int) and before >= 1:
+        threads = before  # a resumed run continues on the thread count it started with
     n_threads = cpu_threads(threads) if trainer.device.type == "cpu" else None
     if resume and n_threads is not None:
-        before = description.get("metadata", {}).get("threads")
         if isinstance(before, int) and before != n_threads:
             warnings.warn(
                 f"this run trained on {before} CPU thread(s) before and resumes on {n_threads}: "
