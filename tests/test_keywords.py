@@ -84,6 +84,7 @@ def test_bad_signals_and_settings_are_refused():
 
 def _class_folders(root, n_per_class=12):
     """Two classes of synthetic 'words': a low and a high tone of varying length and level."""
+    pytest.importorskip("soundfile")  # the speech extra: writing and reading recordings
     rng = np.random.default_rng(0)
     for name, freq in (("high", 2200.0), ("low", 400.0)):
         (root / name).mkdir(parents=True)
@@ -136,6 +137,7 @@ def test_train_predict_and_eval_on_a_folder_of_recordings(tmp_path, capsys):
 
 
 def test_audio_inputs_to_models_of_another_kind_are_refused(tmp_path, capsys):
+    pytest.importorskip("soundfile")
     write_wav(tmp_path / "a.wav", _tone(300, 0.3), RATE)
     assert main(["predict", "models/mnist-small.bnn", str(tmp_path / "a.wav")]) == 2
     assert "not a keyword model" in capsys.readouterr().err

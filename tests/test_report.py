@@ -30,6 +30,7 @@ CHROMIUM_ARGS = [  # as root, offline: no sandbox, no background connections
 @pytest.fixture(scope="module")
 def manifest(fsdd, tmp_path_factory) -> Path:
     """Two FSDD utterances mixed at 0 dB with a recorded-like noise (filtered random noise)."""
+    pytest.importorskip("soundfile")
     folder = tmp_path_factory.mktemp("mixtures")
     rng = np.random.default_rng(0)
     noise = np.convolve(rng.standard_normal(8000 * 4), np.ones(4) / 4, "same") * 0.1
