@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--lr1", type=float, default=3e-3)
     ap.add_argument("--lr2", type=float, default=1e-3)
     ap.add_argument("--dropout", type=float, default=0.0, help="input and hidden dropout")
+    ap.add_argument("--bits", type=int, default=2, help="quantile bits per input value")
+    ap.add_argument("--lc-db", type=float, default=0.0, help="training targets' IBM criterion (dB)")
     ap.add_argument(
         "--noise-speeds",
         default="",
@@ -97,7 +99,9 @@ def main() -> int:
     )  # fmt: skip
     start = time.perf_counter()
     data = DenoisingData(train, val, spec, audio)
-    net = train_denoiser(data, cfg, QuantileBinarizer(2), checkpoint_path=args.checkpoint)
+    net = train_denoiser(
+        data, cfg, QuantileBinarizer(args.bits), lc_db=args.lc_db, checkpoint_path=args.checkpoint
+    )
     print(f"trained in {time.perf_counter() - start:.0f} s")
     denoiser, twin = Denoiser(net), CheckpointNetwork(args.checkpoint, 1)
     rows: dict[str, list[dict[str, float]]] = {"BNN": [], "twin": [], "oracle IBM": []}
