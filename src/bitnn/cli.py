@@ -248,14 +248,12 @@ def _keyword_data(
     """Features, class ids and class names of FSDD (``split``: train or test) or of a folder
     with one sub-folder of recordings per class (``classes``: a model's names to map onto)."""
     if data == "fsdd":
-        from bitnn.data.fsdd import DIGITS, fsdd_recordings
+        from bitnn.data.fsdd import DIGITS, fsdd_recordings, recording_label
 
         files = [
-            f
-            for f in fsdd_recordings(data_dir)
-            if (int(f.stem.split("_")[2]) < 5) == (split == "test")
+            f for f in fsdd_recordings(data_dir) if (recording_label(f)[2] < 5) == (split == "test")
         ]
-        y = np.array([int(f.stem.split("_")[0]) for f in files])
+        y = np.array([recording_label(f)[0] for f in files])
         X = _audio_features(files, config, f"FSDD {split} recordings")
         return X, y, list(DIGITS), files
     from bitnn.speech.keywords import audio_class_folders
@@ -543,7 +541,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "--val-fraction 0 trains on all of takes 5-49 instead"
                     )
             if val_fraction != 0.0:
-                val = np.array([int(f.stem.split("_")[2]) < 10 for f in files])
+                from bitnn.data.fsdd import recording_label
+
+                val = np.array([recording_label(f)[2] < 10 for f in files])
                 X, y, X_val, y_val = X[~val], y[~val], X[val], y[val]
     else:
         X, y = load_xy(args.data, args.label_column)

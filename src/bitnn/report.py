@@ -239,11 +239,11 @@ def denoising_report(
         if progress:
             progress(f"example {i + 1} of {len(mixtures)}")
         x = mx.mixture
-        X = stft(x, cfg)
-        ideal = ideal_binary_mask(stft(mx.speech, cfg), stft(mx.noise, cfg))
-        denoised = denoiser(x)
-        _, feats = mixture_features(x, cfg, denoiser.level_rms)
+        X, feats = mixture_features(x, cfg, denoiser.level_rms)  # what the denoiser computes
         mask = network.predict(feats)
+        denoised = istft(apply_mask(X, mask), cfg, x.size)
+        S = stft(mx.speech, cfg)
+        ideal = ideal_binary_mask(S, stft(mx.noise, cfg))
         signals = {"noisy": x, "BNN": denoised}
         if twin is not None:
             signals["real-valued twin"] = istft(apply_mask(X, twin.predict(feats)), cfg, x.size)
@@ -261,7 +261,7 @@ def denoising_report(
         spectra = {
             "noisy": np.abs(X),
             "BNN-denoised": np.abs(stft(denoised, cfg)),
-            "clean": np.abs(stft(mx.speech, cfg)),
+            "clean": np.abs(S),
         }
         examples.append(_Example(title, signals, metrics, spectra, mask, ideal))
 

@@ -45,6 +45,12 @@ def fsdd_recordings(root: str | Path | None = None) -> list[Path]:
     return files
 
 
+def recording_label(path: Path) -> tuple[int, str, int]:
+    """``(digit, speaker, take)`` of a recording named ``{digit}_{speaker}_{take}.wav``."""
+    digit, speaker, take = path.stem.split("_")
+    return int(digit), speaker, int(take)
+
+
 def load_fsdd(root: str | Path | None = None, config=None) -> FSDD:
     """Every recording's features (``config``: a :class:`UtteranceFeatures`, default settings)."""
     from bitnn.speech.keywords import UtteranceFeatures, features_of_files
@@ -52,9 +58,9 @@ def load_fsdd(root: str | Path | None = None, config=None) -> FSDD:
     files = fsdd_recordings(root)
     y, spk, take = [], [], []
     for f in files:
-        digit, speaker, t = f.stem.split("_")
-        y.append(int(digit))
+        digit, speaker, t = recording_label(f)
+        y.append(digit)
         spk.append(speaker)
-        take.append(int(t))
+        take.append(t)
     X, _ = features_of_files(files, config or UtteranceFeatures())
     return FSDD(X, np.array(y), np.array(spk), np.array(take), files)
