@@ -82,6 +82,9 @@ BINARIZERS = [
     QuantileBinarizer(2, "thermometer"),
     QuantileBinarizer(2, "binary"),
     QuantileBinarizer(3, "gray"),
+    QuantileBinarizer(3, "thermometer"),
+    QuantileBinarizer(5, "binary"),
+    QuantileBinarizer(7, "thermometer"),
     QuantileBinarizer(4, "thermometer"),
     QuantileBinarizer(4, "binary"),
     QuantileBinarizer(8, "thermometer"),
@@ -196,7 +199,8 @@ for variant in _kernels.available():
             assert np.array_equal(eng.layer_bits(x, layer), reference.layer_bits(x, layer))
     for f in (1, 31, 33, 784):
         X = rng.integers(0, 256, (37, f), dtype=np.uint8)
-        codes = ((1, "binary"), (2, "thermometer"), (4, "binary"), (8, "thermometer"), (3, "gray"))
+        codes = ((1, "binary"), (2, "thermometer"), (4, "binary"), (8, "thermometer"), (3, "gray"),
+                 (3, "thermometer"), (5, "binary"), (6, "thermometer"))
         for k, code in codes:
             b = QuantileBinarizer(k, code).fit(X)
             assert np.array_equal(eng.binarize(b, X), b.transform_packed(X))

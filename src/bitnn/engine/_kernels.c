@@ -341,14 +341,24 @@ __attribute__((target("popcnt"))) static void bin_portable_popcnt(bin_args *a, i
 
 /* 64 features at a time: edge masks t_j by vector compares (64 bytes, or 4 x 16 floats), code
  * bits by XOR of masks, then pdep spreads each code bit to every k-th position of the k output
- * words of the chunk. For k in {1, 2, 4, 8}. */
+ * words of the chunk (64 features x k bits = k whole words, for any k <= 8). In word w, code
+ * bit b holds the features i with 64w <= i*k + b < 64w + 64: a run i_lo..i_lo+count-1, whose
+ * bits pdep puts at offset i_lo*k + b - 64w, stride k. */
 AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
-    const int64_t k = a->k, fpw = 64 / k, F = a->F, E = a->E, FP = a->F_pad, chunks = FP / 64;
-    const uint64_t low = fpw == 64 ? ~0ULL : (1ULL << fpw) - 1;
-    uint64_t spread[8];
-    for (int64_t b = 0; b < k; b++) {
-        spread[b] = 0;
-        for (int64_t i = 0; i < fpw; i++) spread[b] |= 1ULL << (i * k + b);
+    const int64_t k = a->k, F = a->F, E = a->E, FP = a->F_pad, chunks = FP / 64;
+    int64_t lo[8][8];
+    uint64_t low[8][8], spread[8][8];
+    for (int64_t w = 0; w < k; w++) {
+        for (int64_t b = 0; b < k; b++) {
+            int64_t first = (64 * w - b + k - 1) / k, last = (64 * w + 63 - b) / k;
+            if (first < 0) first = 0;
+            if (last > 63) last = 63;
+            int64_t count = last >= first ? last - first + 1 : 0;
+            lo[w][b] = first;
+            low[w][b] = count == 64 ? ~0ULL : (1ULL << count) - 1;
+            spread[w][b] = 0;
+            for (int64_t m = 0; m < count; m++) spread[w][b] |= 1ULL << ((first + m) * k + b - 64 * w);
+        }
     }
     for (int64_t r = r0; r < r1; r++) {
         uint64_t *out = a->out + r * a->out_words;
@@ -385,11 +395,12 @@ AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
                 for (uint64_t fl = a->flips[b]; fl; fl &= fl - 1) acc ^= t[__builtin_ctzll(fl)];
                 v[b] = acc & valid;
             }
-            for (int64_t wi = 0; wi < k; wi++) { /* 64 features x k bits = k words */
-                int64_t word = c * k + wi;
+            for (int64_t w = 0; w < k; w++) {
+                int64_t word = c * k + w;
                 if (word >= a->out_words) break;
                 uint64_t acc = 0;
-                for (int64_t b = 0; b < k; b++) acc |= _pdep_u64((v[b] >> (wi * fpw)) & low, spread[b]);
+                for (int64_t b = 0; b < k; b++)
+                    acc |= _pdep_u64((v[b] >> lo[w][b]) & low[w][b], spread[w][b]);
                 out[word] = acc;
             }
         }
@@ -399,7 +410,7 @@ AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
 
 static bin_fn bin_kernel(int variant, int64_t k) {
 #ifdef BITNN_X86
-    if (variant == V_AVX512 && (k == 1 || k == 2 || k == 4 || k == 8)) return bin_avx512;
+    if (variant == V_AVX512 && k >= 1 && k <= 8) return bin_avx512;
     if (__builtin_cpu_supports("popcnt")) return bin_portable_popcnt;
 #endif
     (void)variant;
