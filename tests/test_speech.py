@@ -243,6 +243,26 @@ def test_floor_relative_features_ignore_level_and_follow_each_bin():
     )
 
 
+@pytest.mark.parametrize("percentile", [0.0, 20.0, 37.5, 50.0, 63.0, 99.9])
+def test_column_percentile_is_numpys_bit_for_bit(percentile):
+    """The noise floor must not move: the released models learned numpy's values."""
+    from bitnn.speech.spectra import column_percentile
+
+    rng = np.random.default_rng(int(percentile * 10))
+    for n in (1, 2, 3, 7, 100, 1001, 3753):
+        for make in (
+            lambda: np.abs(rng.standard_normal((n, 9))).astype(np.float32),
+            lambda: rng.integers(0, 4, (n, 5)).astype(np.float32),  # ties everywhere
+            lambda: (rng.standard_normal((n, 4)) * 1e30).astype(np.float32),
+            lambda: rng.standard_normal((n, 3)),  # float64
+        ):
+            values = make()
+            want = np.percentile(values, percentile, axis=0)
+            got = column_percentile(values, percentile)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
 def test_spectrogram_settings_are_checked_when_made():
     for bad in ({"window": "nope"}, {"frame": 500, "hop": 128}, {"context": 1.5}):
         with pytest.raises(InputError):
