@@ -250,13 +250,12 @@ def test_column_percentile_is_numpys_bit_for_bit(percentile):
 
     rng = np.random.default_rng(int(percentile * 10))
     for n in (1, 2, 3, 7, 100, 1001, 3753):
-        for make in (
-            lambda: np.abs(rng.standard_normal((n, 9))).astype(np.float32),
-            lambda: rng.integers(0, 4, (n, 5)).astype(np.float32),  # ties everywhere
-            lambda: (rng.standard_normal((n, 4)) * 1e30).astype(np.float32),
-            lambda: rng.standard_normal((n, 3)),  # float64
+        for values in (
+            np.abs(rng.standard_normal((n, 9))).astype(np.float32),
+            rng.integers(0, 4, (n, 5)).astype(np.float32),  # ties everywhere
+            (rng.standard_normal((n, 4)) * 1e30).astype(np.float32),
+            rng.standard_normal((n, 3)),  # float64
         ):
-            values = make()
             want = np.percentile(values, percentile, axis=0)
             got = column_percentile(values, percentile)
             assert got.dtype == want.dtype
