@@ -234,6 +234,9 @@ def denoising_report(
     cfg, rate = denoiser.config, denoiser.rate
     if not mixtures:
         raise InputError("the report needs at least one mixture")
+    # Timed first: the metrics' BLAS threads keep spinning for a while after each call and
+    # would take the cores from the denoiser (8.6 ms instead of 5.3 ms for 8.7 s of audio).
+    seconds, audio_seconds = _speed(denoiser, [mx.mixture for mx in mixtures])
     examples: list[_Example] = []
     for i, mx in enumerate(mixtures):
         if progress:
@@ -265,7 +268,6 @@ def denoising_report(
         }
         examples.append(_Example(title, signals, metrics, spectra, mask, ideal))
 
-    seconds, audio_seconds = _speed(denoiser, [mx.mixture for mx in mixtures])
     systems = list(examples[0].metrics)
     size = model_path.stat().st_size
     body = [
