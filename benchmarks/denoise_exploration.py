@@ -76,6 +76,7 @@ def main() -> int:
         help="also train on copies of every training noise played this much faster or slower, "
         "e.g. 0.8,0.9,1.1,1.25 (written to a temporary folder)",
     )
+    ap.add_argument("--precision", default="float32", help="float32 or bfloat16 matmuls")
     ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -95,7 +96,7 @@ def main() -> int:
         hidden=(2048, 2048), bias_kind=args.bias_kind, output_bias_kind="bias",
         epochs_round1=args.epochs1, epochs_round2=args.epochs2, batch_size=args.batch_size,
         lr_round1=args.lr1, lr_round2=args.lr2, dropout_input=args.dropout,
-        dropout_hidden=args.dropout, keep="last",
+        dropout_hidden=args.dropout, keep="last", precision=args.precision,
     )  # fmt: skip
     start = time.perf_counter()
     data = DenoisingData(train, val, spec, audio)

@@ -1,6 +1,6 @@
 """Training speed: one optimizer step of the MNIST paper network (1568 input bits -> 3x1024 ->
-10, bias bits, dropout) on this machine, with the trainer's ops against the ops they replaced,
-side by side in one run.
+10, bias bits, dropout; ``--network denoise``: the best denoiser's) on this machine, with the
+trainer's ops against the ops they replaced, side by side in one run.
 
     python benchmarks/training.py [--hidden 1024,1024,1024] [--batch 100] [--steps 40]
 
@@ -20,13 +20,19 @@ with PyTorch's default thread count and with bitnn's (``bitnn.train.trainer.cpu_
 MLP of the same shape (tanh, Adam, cross-entropy, the same batch: what a bitnn step should
 cost at most), at each thread count of ``--threads``, and where a bitnn step spends its time
 (PyTorch's profiler, self CPU time of each op, grouped: matmuls, binarization and surrogates,
-dropout, optimizer, data movement, the rest).
+dropout, optimizer, data movement, the rest), for each training precision of ``--precision``
+(``float32``, ``bfloat16``: see ``bitnn.train.layers.BitLinear``).
+
+``--epochs N``: instead, whole epochs of the trainer on MNIST (the paper preset on all 60,000
+training images, shift augmentation, batch 100), one of each round per precision, repeated N
+times interleaved, against one epoch of the float32 MLP on the same input bits; medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import time
 from types import SimpleNamespace
@@ -39,6 +45,44 @@ from mnist import machine  # benchmarks/mnist.py, beside this script
 from bitnn.train import layers
 from bitnn.train.layers import BitLinear, BitMLP
 from bitnn.train.trainer import TrainConfig, Trainer
+
+# The networks whose steps are timed (--network): inputs, outputs, biases and dropout of the
+# MNIST paper preset and of the speech denoiser's best preset (3-bit codes of 3 x 257 values).
+NETWORKS = {
+    "mnist": SimpleNamespace(
+        n_in=1568, n_out=10, output="scores", bias_kind="bias", dropout=(0.1, 0.2)
+    ),
+    "denoise": SimpleNamespace(
+        n_in=2313, n_out=257, output="bits", bias_kind="threshold", dropout=(0.2, 0.2)
+    ),
+}
+NET = NETWORKS["mnist"]
+
+
+def _batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randint(0, 2, (batch, NET.n_in)).float() * 2 - 1
+    if NET.output == "bits":
+        return x, torch.randint(0, 2, (batch, NET.n_out)).float()
+    return x, torch.randint(0, NET.n_out, (batch,))
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if NET.output == "bits":
+        return F.binary_cross_entropy_with_logits(out, y)
+    return F.cross_entropy(out, y)
+
+
+def _bit_mlp(hidden, round_: int, precision: str) -> tuple[BitMLP, torch.optim.Optimizer]:
+    """The trainer's module and optimizer for NET (seeded)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(hidden=hidden, bias_kind=NET.bias_kind, dropout_input=NET.dropout[0],
+                      dropout_hidden=NET.dropout[1])  # fmt: skip
+    model = BitMLP(NET.n_in, hidden, NET.n_out, NET.bias_kind, "bias", 0.0, *NET.dropout,
+                   output=NET.output)  # fmt: skip
+    model.set_round(round_)
+    model.set_precision(precision)
+    optimizer = Trainer._make_optimizer(SimpleNamespace(config=cfg, model=model), 1e-3)
+    return model, optimizer
 
 
 class _WhereSign(torch.autograd.Function):
@@ -83,17 +127,11 @@ def before_ops():
         layers.sign_activation, BitLinear.effective_weight = saved
 
 
-def step_times(hidden, batch, steps, round_, before: bool) -> float:
-    torch.manual_seed(0)
-    cfg = TrainConfig(hidden=hidden, bias_kind="bias", dropout_input=0.1, dropout_hidden=0.2)
-    model = BitMLP(1568, hidden, 10, "bias", "bias", 0.0, 0.1, 0.2)
-    model.set_round(round_)
+def step_times(hidden, batch, steps, round_, before: bool, precision="float32") -> float:
+    model, optimizer = _bit_mlp(hidden, round_, precision)
     if before:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=False)
-    else:  # the trainer's own optimizer
-        optimizer = Trainer._make_optimizer(SimpleNamespace(config=cfg, model=model), 1e-3)
-    x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
-    y = torch.randint(0, 10, (batch,))
+    x, y = _batch(batch)
     with before_ops() if before else contextlib.nullcontext():
         return median_step(model, optimizer, x, y, steps)
 
@@ -103,7 +141,7 @@ def median_step(model, optimizer, x, y, steps) -> float:
     times = []
     for i in range(steps + 3):
         t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        loss = _loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -113,21 +151,21 @@ def median_step(model, optimizer, x, y, steps) -> float:
 
 
 def float_step_times(hidden, batch, steps) -> float:
-    """A plain float32 MLP of the same shape: tanh, Adam (PyTorch's default), cross-entropy."""
+    """A plain float32 MLP of the same shape: tanh, Adam (PyTorch's default), the same loss."""
     torch.manual_seed(0)
-    sizes = [1568, *hidden]
+    sizes = [NET.n_in, *hidden]
     mods: list[torch.nn.Module] = []
     for a, b in itertools.pairwise(sizes):
         mods += [torch.nn.Linear(a, b), torch.nn.Tanh()]
-    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], 10))
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], NET.n_out))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
-    y = torch.randint(0, 10, (batch,))
+    x, y = _batch(batch)
     return median_step(model, optimizer, x, y, steps)
 
 
 _GROUPS = [  # (group, substrings of op names), first match wins
     ("matmuls", ("mm", "matmul", "linear", "addmm")),
+    ("bfloat16 and int8 casts", ("_to_copy", "copy_")),
     ("optimizer", ("adam", "_foreach", "lerp", "sqrt", "addcdiv", "addcmul")),
     ("dropout", ("dropout", "bernoulli", "rand")),
     ("binarization and surrogates", ("sign", "tanh", "where", "abs", "ge", "lt", "clamp")),
@@ -135,23 +173,18 @@ _GROUPS = [  # (group, substrings of op names), first match wins
 ]
 
 
-def profile_groups(hidden, batch, round_) -> dict[str, float]:
-    """Seconds of self CPU time per op group in one trainer step (median over 20 steps)."""
+def profile_groups(hidden, batch, round_, precision) -> dict[str, float]:
+    """Seconds of self CPU time per op group in one trainer step (mean over 20 steps)."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    cfg = TrainConfig(hidden=hidden, bias_kind="bias", dropout_input=0.1, dropout_hidden=0.2)
-    model = BitMLP(1568, hidden, 10, "bias", "bias", 0.0, 0.1, 0.2)
-    model.set_round(round_)
-    optimizer = Trainer._make_optimizer(SimpleNamespace(config=cfg, model=model), 1e-3)
-    x = torch.randint(0, 2, (batch, 1568)).float() * 2 - 1
-    y = torch.randint(0, 10, (batch,))
+    model, optimizer = _bit_mlp(hidden, round_, precision)
+    x, y = _batch(batch)
     steps = 20
     for i in range(steps + 3):
         if i == 3:
             prof = profile(activities=[ProfilerActivity.CPU])
             prof.__enter__()
-        loss = F.cross_entropy(model(x), y)
+        loss = _loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -164,28 +197,97 @@ def profile_groups(hidden, batch, round_) -> dict[str, float]:
     return groups
 
 
-def profile_main(hidden, batch, steps, threads: list[int]) -> None:
-    print("| threads | float32 MLP | bitnn round 1 | bitnn round 2 | round 1 / float | "
-          "round 2 / float |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|")
+def profile_main(hidden, batch, steps, threads: list[int], precisions: list[str]) -> None:
+    runs = [(r, p) for p in precisions for r in (1, 2)]
+    names = {(r, p): f"round {r}" + ("" if p == "float32" else f" {p}") for r, p in runs}
+    print("| threads | float32 MLP | " + " | ".join(names.values()) + " | "
+          + " | ".join(f"{n} / float" for n in names.values()) + " |")  # fmt: skip
+    print("|---:|---:|" + "---:|" * 2 * len(runs))
     for n in threads:
         torch.set_num_threads(n)
         f = float_step_times(hidden, batch, steps)
-        r1 = step_times(hidden, batch, steps, 1, False)
-        r2 = step_times(hidden, batch, steps, 2, False)
-        print(f"| {n} | {1e3 * f:.1f} ms | {1e3 * r1:.1f} ms | {1e3 * r2:.1f} ms | "
-              f"{r1 / f:.2f}x | {r2 / f:.2f}x |")  # fmt: skip
+        t = [step_times(hidden, batch, steps, r, False, p) for r, p in runs]
+        print(f"| {n} | {1e3 * f:.1f} ms | " + " | ".join(f"{1e3 * x:.1f} ms" for x in t)
+              + " | " + " | ".join(f"{x / f:.2f}x" for x in t) + " |")  # fmt: skip
     print()
     torch.set_num_threads(threads[0])
     print(f"Where a step's time goes ({threads[0]} thread(s), self CPU time per step):")
     print()
-    rows = {r: profile_groups(hidden, batch, r) for r in (1, 2)}
-    print("| ops | round 1 | round 2 |")
-    print("|---|---:|---:|")
-    for group in rows[1]:
-        print(f"| {group} | {1e3 * rows[1][group]:.2f} ms | {1e3 * rows[2][group]:.2f} ms |")
-    total = {r: sum(v.values()) for r, v in rows.items()}
-    print(f"| total | {1e3 * total[1]:.2f} ms | {1e3 * total[2]:.2f} ms |")
+    rows = {run: profile_groups(hidden, batch, *run) for run in runs}
+    print("| ops | " + " | ".join(names.values()) + " |")
+    print("|---|" + "---:|" * len(runs))
+    for group in rows[runs[0]]:
+        print(f"| {group} | " + " | ".join(f"{1e3 * rows[r][group]:.2f} ms" for r in runs) + " |")
+    print("| total | " + " | ".join(f"{1e3 * sum(rows[r].values()):.2f} ms" for r in runs) + " |")
+
+
+def epochs_main(threads: list[int], precisions: list[str], repeats: int) -> None:
+    """One epoch of each round of the MNIST paper preset (the trainer itself: all 60,000
+    images, shift augmentation, batch 100) at each precision, against one epoch of a plain
+    float32 MLP of the same shape on the same input bits (no augmentation)."""
+    from bitnn.binarize import binarizer_from_spec
+    from bitnn.data.mnist import load_mnist
+    from bitnn.train.presets import resolve
+    from bitnn.train.trainer import TrainData, to_bipolar
+
+    mnist = load_mnist()
+    values, spec = resolve("paper", {"val_fraction": 0.0, "keep": "last"}, None, "mnist")
+    values = TrainConfig(**values).to_json()  # with the defaults the preset leaves alone
+    b = binarizer_from_spec(spec).fit(mnist.X_train)
+    bits = to_bipolar(b.transform(mnist.X_train))
+    data = TrainData(bits, mnist.y_train.astype(np.int64), None, None, 10, "scores",
+                     mnist.X_train.astype(np.float32))  # fmt: skip
+    hidden = tuple(values["hidden"])
+    print(f"paper preset: {bits.shape[1]} input bits -> {hidden} -> 10, batch "
+          f"{values['batch_size']}, augment_shift {values['augment_shift']}; "
+          f"median of {repeats} epochs each")  # fmt: skip
+    print()
+    runs = [(r, p) for p in precisions for r in (1, 2)]
+    names = [f"round {r}" + ("" if p == "float32" else f" {p}") for r, p in runs]
+    print("| threads | float32 MLP | " + " | ".join(names) + " | "
+          + " | ".join(f"{n} / float" for n in names) + " |")  # fmt: skip
+    print("|---:|---:|" + "---:|" * 2 * len(runs))
+    for n in threads:
+        torch.set_num_threads(n)
+        times: dict = {run: [] for run in runs}
+        floats = []
+        for _ in range(repeats):  # interleaved: a disturbance does not hit one side only
+            floats.append(float_epoch(bits, mnist.y_train, hidden, values["batch_size"]))
+            for p in precisions:
+                cfg = TrainConfig(**{**values, "epochs_round1": 1, "epochs_round2": 1,
+                                     "precision": p, "device": "cpu"})  # fmt: skip
+                trainer = Trainer(cfg, data, b)
+                with contextlib.redirect_stderr(io.StringIO()):
+                    trainer.run()
+                for h in trainer.history:
+                    times[(h["round"], p)].append(h["seconds"])
+        f = float(np.median(floats))
+        t = [float(np.median(times[run])) for run in runs]
+        print(f"| {n} | {f:.1f} s | " + " | ".join(f"{x:.1f} s" for x in t) + " | "
+              + " | ".join(f"{x / f:.2f}x" for x in t) + " |")  # fmt: skip
+
+
+def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
+    """Seconds of one epoch of the float32 MLP (tanh, Adam, cross-entropy) on +1/-1 bits held
+    as int8, shuffled, each batch converted to float32 as the trainer does."""
+    torch.manual_seed(0)
+    sizes = [bits.shape[1], *hidden]
+    mods: list[torch.nn.Module] = []
+    for a, b in itertools.pairwise(sizes):
+        mods += [torch.nn.Linear(a, b), torch.nn.Tanh()]
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, yt = torch.from_numpy(bits), torch.from_numpy(y.astype(np.int64))
+    start = time.perf_counter()
+    perm = torch.randperm(len(x))
+    for i in range(0, len(x), batch):
+        idx = perm[i : i + batch]
+        loss = F.cross_entropy(model(x[idx].float()), yt[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+    return time.perf_counter() - start
 
 
 def _spin() -> None:  # a CPU-bound neighbour on one core (a test run, a compiler)
@@ -251,33 +353,56 @@ def contention_main(hidden, batch, steps, neighbour_kind: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--network", choices=sorted(NETWORKS), default="mnist",
+        help="mnist: the MNIST paper network (default widths 1024,1024,1024, batch 100); "
+        "denoise: the best denoiser's (2313 input bits -> 257 output bits, threshold units, "
+        "dropout 0.2; say --hidden 2048,2048 --batch 512 for its preset)",
+    )  # fmt: skip
     p.add_argument("--hidden", default="1024,1024,1024")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
-    p.add_argument("--threads", default="1,2", help="--profile: thread counts to time")
+    p.add_argument("--threads", default="1,2", help="--profile, --epochs: thread counts")
+    p.add_argument(
+        "--precision", default="float32,bfloat16", help="--profile, --epochs: precisions to time"
+    )
+    p.add_argument(
+        "--epochs", type=int, metavar="N",
+        help="instead, N epochs of each round of the MNIST paper preset (median) against a "
+        "float32 MLP's epoch",
+    )  # fmt: skip
     p.add_argument(
         "--contention",
         choices=sorted(NEIGHBOURS),
         help="quiet vs beside a busy process: a 1-core spin loop or another training",
     )
     args = p.parse_args()
+    global NET
+    NET = NETWORKS[args.network]
     hidden = tuple(int(h) for h in args.hidden.split(","))
+    shape = f"{NET.n_in} -> {args.hidden} -> {NET.n_out}, batch {args.batch}"
     if args.contention:
-        print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "
-              f"{args.batch}; round 2, median of {args.steps} steps")  # fmt: skip
+        print(f"{machine()}, PyTorch {torch.__version__}; {shape}; round 2, median of "
+              f"{args.steps} steps")  # fmt: skip
         print()
         contention_main(hidden, args.batch, args.steps, args.contention)
         return
+    threads = [int(t) for t in args.threads.split(",")]
+    precisions = args.precision.split(",")
+    if args.epochs:
+        print(f"{machine()}, PyTorch {torch.__version__}")
+        epochs_main(threads, precisions, args.epochs)
+        return
     if args.profile:
-        print(f"{machine()}, PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch "
-              f"{args.batch}; median of {args.steps} steps")  # fmt: skip
+        print(f"{machine()}, PyTorch {torch.__version__}; {shape}; median of {args.steps} "
+              "steps")  # fmt: skip
         print()
-        profile_main(hidden, args.batch, args.steps, [int(t) for t in args.threads.split(",")])
+        profile_main(hidden, args.batch, args.steps, threads, precisions)
         return
     print(
         f"{machine()}, {torch.get_num_threads()} torch threads, "
-        f"PyTorch {torch.__version__}; 1568 -> {args.hidden} -> 10, batch {args.batch}; "
+        f"PyTorch {torch.__version__}; {shape}; "
         f"median of {args.steps} steps, before/now interleaved twice"
     )
     print()

@@ -250,6 +250,12 @@ def test_presets_carry_the_paper_architecture_for_mnist():
     assert values == {"image_shape": (28, 28), "seed": 3}
     values, spec = resolve(None, {"seed": 3})
     assert values == {"seed": 3} and spec == "quantile:2:thermometer"
+    # a preset's binarizer may differ per dataset (3-bit codes for the best denoiser); an
+    # explicit --binarizer still wins
+    assert resolve("best", {}, None, "denoise")[1] == "quantile:3:thermometer"
+    assert resolve("best", {}, None, "mnist")[1] == "quantile:2:thermometer"
+    assert resolve("paper", {}, None, "denoise")[1] == "quantile:2:thermometer"
+    assert resolve("best", {}, "quantile:2:binary", "denoise")[1] == "quantile:2:binary"
 
 
 def test_export_command(tmp_path, capsys):

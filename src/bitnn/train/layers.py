@@ -15,6 +15,10 @@ Pre-activations are scaled by ``1/sqrt(n_in)`` (a positive factor, so signs and 
 network are unchanged) to keep tanh out of saturation. With ``bias_kind="threshold"`` a
 BatchNorm replaces the bias; at conversion it folds into one integer threshold per unit.
 
+``precision="bfloat16"`` (:meth:`BitMLP.set_precision`) changes only how training multiplies:
+round 1 from bfloat16 operands, round 2's forward exactly in int8 (-1/0/+1 by -1/0/+1, int32
+sums) and its gradients from bfloat16 operands. Evaluation always runs in float32.
+
 In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
 (with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
 so the two agree bit for bit.
@@ -81,6 +85,62 @@ class _SignOfTanhStraightThrough(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, torch.tanh(p))
 
 
+class _Bfloat16Linear(torch.autograd.Function):
+    """x @ w.T with both operands rounded to bfloat16 (oneDNN: AMX or AVX512-BF16 dot products,
+    float32 sums, the result rounded to bfloat16): round 1's matmuls at ``precision=bfloat16``.
+    The gradients are computed the same way from the saved bfloat16 operands."""
+
+    @staticmethod
+    def forward(ctx, x, w):  # type: ignore[override]
+        xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+        ctx.save_for_backward(xb, wb)
+        return torch.mm(xb, wb.t()).float()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        xb, wb = ctx.saved_tensors
+        gb = grad.to(torch.bfloat16)
+        return torch.mm(gb, wb).float(), torch.mm(gb.t(), xb).float()
+
+
+def _int8_signs(p: torch.Tensor) -> torch.Tensor:
+    """+1 where p >= 0, else -1 (as :func:`_sign`), as int8: one float pass, then bytes."""
+    return torch.ge(p, 0).to(torch.int8).mul_(2).sub_(1)
+
+
+class _ExactBitLinear(torch.autograd.Function):
+    """Round 2's x @ w.T at ``precision=bfloat16``: x holds -1/0/+1 times ``scale`` (the
+    dropout scale 1/(1-p), 1 without dropout) and w holds -1/0/+1, so the product is taken
+    exactly in int8 with int32 sums and scaled once (the float32 path rounds the partial sums
+    of the scaled products). The gradients, which are real-valued, come from bfloat16
+    operands with float32 sums.
+
+    ``latent=True``: ``w`` is the latent weight W itself and the layer uses sign(W), with
+    gradient tanh'(W) (as :class:`_SignOfTanhStraightThrough`), without a float copy of
+    the signs."""
+
+    @staticmethod
+    def forward(ctx, x, w, scale, latent):  # type: ignore[override]
+        xi = (x if scale == 1.0 else x * (1.0 / scale)).round().to(torch.int8)
+        wi = _int8_signs(w) if latent else w.round().to(torch.int8)
+        ctx.save_for_backward(xi, wi, w if latent else None)
+        ctx.scale = scale
+        out = torch._int_mm(xi, wi.t()).float()
+        return out if scale == 1.0 else out.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        xi, wi, latent = ctx.saved_tensors
+        gb = grad.to(torch.bfloat16)
+        grad_x = torch.mm(gb, wi.to(torch.bfloat16)).float()
+        if ctx.scale != 1.0:  # x's scale on the small operand, not on the weight-sized result
+            gb = (grad * ctx.scale).to(torch.bfloat16)
+        grad_w = torch.mm(gb.t(), xi.to(torch.bfloat16)).float()
+        if latent is not None:
+            grad_w = torch.ops.aten.tanh_backward(grad_w, torch.tanh(latent))
+        return grad_x, grad_w, None, None
+
+
 def sign_activation(z: torch.Tensor) -> torch.Tensor:
     return _SignTanhSurrogate.apply(z)
 
@@ -110,6 +170,11 @@ class BitLinear(nn.Module):
         self.bias_kind = bias_kind
         self.sparsity = sparsity
         self.binary = False
+        # "float32", or "bfloat16": matmuls in training from bfloat16 operands (round 1) and,
+        # in round 2, exact int8 products forward with bfloat16 gradients. ``input_scale``
+        # is the factor dropout gives the -1/0/+1 inputs in training (1/(1-p)).
+        self.precision = "float32"
+        self.input_scale = 1.0
         self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1.0, 1.0))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias_kind == "bias" else None
         self.norm = nn.BatchNorm1d(out_features) if bias_kind == "threshold" else None
@@ -191,9 +256,18 @@ class BitLinear(nn.Module):
         t = np.clip(np.nan_to_num(t, nan=0.0), -(n + 1), n + 1)
         return sign, t.astype(np.int64)
 
+    def _dot(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ w.T at this layer's precision (float32 outside training)."""
+        if self.precision == "float32" or not self.training or x.dim() != 2:
+            return F.linear(x, self.effective_weight())
+        if not self.binary:
+            return _Bfloat16Linear.apply(x, self.effective_weight())
+        if bool(self.compressed) and self.sparsity == 0.0:  # sign(W), straight from W
+            return _ExactBitLinear.apply(x, self.weight, self.input_scale, True)
+        return _ExactBitLinear.apply(x, self.effective_weight(), self.input_scale, False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.effective_weight()
-        dot = F.linear(x, w)
+        dot = self._dot(x)
         if self.binary and not self.training:
             sign, t = self.folded_threshold()
             sign = torch.as_tensor(sign, dtype=dot.dtype, device=dot.device)
@@ -242,6 +316,15 @@ class BitMLP(nn.Module):
     @property
     def binary(self) -> bool:
         return self.layers[0].binary
+
+    def set_precision(self, precision: str) -> None:
+        """``float32`` or ``bfloat16`` matmuls in training (see :class:`BitLinear`)."""
+        if precision not in ("float32", "bfloat16"):
+            raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
+        scales = [self.dropout_input.p] + [self.dropout_hidden.p] * (len(self.layers) - 1)
+        for layer, p in zip(self.layers, scales, strict=True):
+            layer.precision = precision
+            layer.input_scale = 1.0 / (1.0 - p) if p > 0 else 1.0
 
     def set_round(self, round_: int) -> None:
         """1: weight compression (tanh); 2: noisy backpropagation (binarized forward)."""

@@ -159,6 +159,37 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def fast_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 dot products in hardware (AMX, or AVX512-BF16 as on
+    AMD Zen 4), which make ``precision=bfloat16`` faster, and PyTorch has the int8 matmul.
+    (oneDNN also runs bfloat16 on older AVX-512 CPUs, emulated: no faster than float32.)"""
+    cpu = torch.cpu
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    try:
+        native = any(getattr(cpu, name)() for name in checks if hasattr(cpu, name))
+    except RuntimeError:
+        return False
+    return native and hasattr(torch, "_int_mm")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The precision a run trains at: ``bfloat16`` only on a CPU with fast bfloat16; elsewhere
+    float32, with one warning saying why (never silently)."""
+    if name != "bfloat16":
+        return "float32"
+    if device.type != "cpu":
+        why = f"precision bfloat16 is for CPUs; on {device.type} training runs in float32"
+    elif not fast_bfloat16():
+        why = (
+            "this CPU has no fast bfloat16 dot products (AMX or AVX512-BF16): training runs in "
+            "float32 (--precision float32 says so without this warning)"
+        )
+    else:
+        return "bfloat16"
+    warnings.warn(why, stacklevel=3)
+    return "float32"
+
+
 @contextmanager
 def _stop_on_sigint(flag: dict[str, bool]) -> Iterator[None]:
     """First Ctrl-C asks for a clean stop after the current batch; a second one aborts."""
@@ -230,6 +261,9 @@ class Trainer:
             dropout_hidden=cfg.dropout_hidden,
             output=self.data.output,
         ).to(self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.model.set_precision(self.precision)
+        self.metadata["precision"] = self.precision  # the one trained at, after any fallback
         self.forward = self.model  # what training steps call: the DDP wrapper when distributed
         if self.cluster.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -728,7 +762,7 @@ def train_network(
         Path(checkpoint_path) if checkpoint_path is not None else None,
         fingerprint,
         on_batch=on_batch,
-        metadata=metadata or {},
+        metadata=dict(metadata or {}),  # plus the run state (threads, precision) for checkpoints
     )
     before = description.get("metadata", {}).get("threads") if resume else None
     if threads is None and isinstance(before, int) and before >= 1:
@@ -742,6 +776,13 @@ def train_network(
                 "it the same)",
                 stacklevel=2,
             )
+    was = description.get("metadata", {}).get("precision") if resume else None
+    if isinstance(was, str) and was != trainer.precision:
+        warnings.warn(
+            f"this run trained at precision {was} before and resumes at {trainer.precision} "
+            "(this machine's fallback): its result can differ from an uninterrupted run's",
+            stacklevel=2,
+        )
     if n_threads is not None:
         trainer.metadata["threads"] = n_threads  # kept in checkpoints, for the resume check
     with _torch_threads(n_threads):
@@ -788,6 +829,7 @@ def train_network(
                 "final_epoch": final,
                 "round_accuracy": round_accuracy,
                 **({"threads": n_threads} if n_threads is not None else {}),
+                "precision": trainer.precision,
             },
             **(metadata or {}),
         }

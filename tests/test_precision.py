@@ -1,0 +1,176 @@
+"""precision=bfloat16: round 2's forward products exact in int8, bfloat16 gradients close to
+float32's, bit-exact conversion, and a fallback to float32 that says so."""
+
+import contextlib
+import io as stdio
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bitnn.binarize import QuantileBinarizer  # noqa: E402
+from bitnn.errors import InputError  # noqa: E402
+from bitnn.train import trainer as trainer_module  # noqa: E402
+from bitnn.train.layers import BitMLP  # noqa: E402
+from bitnn.train.trainer import TrainConfig, to_bipolar, train_network  # noqa: E402
+
+fast = pytest.mark.skipif(
+    not trainer_module.fast_bfloat16(), reason="this CPU has no fast bfloat16 (AMX, AVX512-BF16)"
+)
+
+
+def _model(round_, precision, sparsity=0.0, bias_kind="threshold", seed=0):
+    torch.manual_seed(seed)
+    m = BitMLP(96, (64, 48), 10, bias_kind, "bias", sparsity, dropout_input=0.1, dropout_hidden=0.2)
+    m.set_round(round_)
+    m.set_precision(precision)
+    return m.train()
+
+
+def _step(model, x, y, seed):
+    """Logits and parameter gradients of one training step with the same dropout masks."""
+    torch.manual_seed(seed)
+    out = model(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+def _batch(n=40, n_in=96, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 2, (n, n_in), generator=g).float() * 2 - 1
+    return x, torch.randint(0, 10, (n,), generator=g)
+
+
+@fast
+@pytest.mark.parametrize("sparsity", [0.0, 0.3])
+def test_round_2_forward_is_the_exact_integer_product(sparsity):
+    """Every layer's dot product in training (dropout on) is the exact integer product of
+    the -1/0/+1 inputs and weights, times the dropout scale once."""
+    model = _model(2, "bfloat16", sparsity)
+    x, _ = _batch()
+    seen = []
+
+    def record(layer, inputs, _out):
+        (h,) = inputs
+        w = layer.effective_weight().detach().double()
+        scale = layer.input_scale
+        ints = torch.round(h.detach().double() / scale)
+        assert set(ints.unique().tolist()) <= {-1.0, 0.0, 1.0}
+        seen.append((layer._dot(h).detach(), (ints @ w.t()).float() * scale))  # scaled once
+
+    hooks = [layer.register_forward_hook(record) for layer in model.layers]
+    torch.manual_seed(5)
+    model(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 3
+    for got, want in seen:
+        assert torch.equal(got, want)
+
+
+@fast
+@pytest.mark.parametrize("round_", [1, 2])
+@pytest.mark.parametrize("bias_kind", ["bias", "threshold"])
+def test_bfloat16_steps_match_float32_steps_closely(round_, bias_kind):
+    x, y = _batch()
+    out32, g32 = _step(_model(round_, "float32", bias_kind=bias_kind), x, y, seed=9)
+    out16, g16 = _step(_model(round_, "bfloat16", bias_kind=bias_kind), x, y, seed=9)
+    assert g32.keys() == g16.keys()
+    tol = 1e-5 if round_ == 2 else 2e-2  # round 2's forward is exact; round 1 rounds operands
+    assert torch.allclose(out16, out32, rtol=tol, atol=tol)
+    for name in g32:  # bfloat16 operands: about 3 significant digits per product
+        err = (g16[name] - g32[name]).norm() / g32[name].norm().clamp_min(1e-12)
+        assert err < 3e-2, (name, float(err))
+
+
+def _blobs(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((4, 8)) * 2
+    y = rng.integers(0, 4, n)
+    return centers[y] + rng.standard_normal((n, 8)), y
+
+
+def _cfg(**kw):
+    base = dict(hidden=(32,), epochs_round1=2, epochs_round2=2, batch_size=32, seed=3)
+    base.update(kw)
+    return TrainConfig(**base, device="cpu")
+
+
+@fast
+def test_bfloat16_training_records_its_precision_and_learns_as_float32_does():
+    X, y = _blobs()
+    nets = {}
+    for precision in ("float32", "bfloat16"):
+        with contextlib.redirect_stderr(stdio.StringIO()):
+            nets[precision] = train_network(
+                X, y, _cfg(precision=precision, dropout_hidden=0.1, epochs_round1=4),
+                QuantileBinarizer(2), threads=1,
+            )  # fmt: skip
+    training = nets["bfloat16"].metadata["training"]
+    assert training["precision"] == "bfloat16"
+    assert training["config"]["precision"] == "bfloat16"
+    assert "precision" not in nets["bfloat16"].metadata  # run state stays under "training"
+    acc = {p: (net.predict(X) == y).mean() for p, net in nets.items()}
+    assert acc["bfloat16"] > 0.6 and abs(acc["bfloat16"] - acc["float32"]) < 0.05, acc
+
+
+def test_a_module_trained_in_bfloat16_converts_bit_exactly():
+    """Training precision does not reach inference: eval mode is float32's exact scores."""
+    from bitnn.train.convert import to_bit_network
+    from bitnn.train.trainer import TrainData, Trainer
+
+    X, y = _blobs()
+    b = QuantileBinarizer(2).fit(X)
+    x = to_bipolar(b.transform(X))
+    data = TrainData(x, y, None, None, 4, "scores")
+    with contextlib.redirect_stderr(stdio.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # where bfloat16 falls back, the same holds
+        model = Trainer(_cfg(precision="bfloat16", dropout_input=0.1), data, b).run()
+    net = to_bit_network(model, b)
+    with torch.no_grad():
+        scores = model(torch.from_numpy(x).float()).numpy()
+    np.testing.assert_array_equal(net.scores(X), scores.astype(np.int64))
+
+
+def test_bfloat16_falls_back_to_float32_with_one_warning(monkeypatch):
+    monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: False)
+    X, y = _blobs()
+    with contextlib.redirect_stderr(stdio.StringIO()), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        net = train_network(X, y, _cfg(precision="bfloat16"), QuantileBinarizer(2), threads=1)
+    messages = [str(m.message) for m in w if "bfloat16" in str(m.message)]
+    assert len(messages) == 1 and "runs in float32" in messages[0]
+    assert net.metadata["training"]["precision"] == "float32"
+    with contextlib.redirect_stderr(stdio.StringIO()):
+        ref = train_network(X, y, _cfg(), QuantileBinarizer(2), threads=1)
+    for a, b in zip(net.layers, ref.layers, strict=True):  # the fallback is plain float32
+        assert np.array_equal(a.weight, b.weight)
+
+
+def test_a_resume_at_another_precision_says_so(tmp_path, monkeypatch):
+    X, y = _blobs()
+    ckpt = tmp_path / "m.ckpt"
+    monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: True)
+    monkeypatch.setattr(trainer_module.BitMLP, "set_precision", lambda self, p: None)
+    with contextlib.redirect_stderr(stdio.StringIO()):
+        train_network(X, y, _cfg(precision="bfloat16"), QuantileBinarizer(2), threads=1,
+                      checkpoint_path=ckpt)  # fmt: skip
+    monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: False)
+    with contextlib.redirect_stderr(stdio.StringIO()), pytest.warns(UserWarning) as w:
+        train_network(X, y, None, None, checkpoint_path=ckpt, resume=True)
+    text = " ".join(str(m.message) for m in w)
+    assert "runs in float32" in text
+    assert "trained at precision bfloat16 before and resumes at float32" in text
+
+
+def test_precision_is_checked_and_old_configs_read_as_float32():
+    with pytest.raises(InputError, match="precision must be float32 or bfloat16"):
+        TrainConfig(precision="float16")
+    old = TrainConfig().to_json()
+    del old["precision"]
+    assert TrainConfig.from_json(old).precision == "float32"
+    with pytest.raises(InputError, match="precision must be float32 or bfloat16"):
+        BitMLP(4, (4,), 2).set_precision("int8")
