@@ -167,7 +167,7 @@ _GROUPS = [  # (group, substrings of op names), first match wins
     ("matmuls", ("mm", "matmul", "linear", "addmm")),
     ("bfloat16 and int8 casts", ("_to_copy", "copy_")),
     ("optimizer", ("adam", "_foreach", "lerp", "sqrt", "addcdiv", "addcmul")),
-    ("dropout", ("dropout", "bernoulli", "rand")),
+    ("dropout", ("dropout", "bernoulli", "rand", "uniform")),
     ("binarization and surrogates", ("sign", "tanh", "where", "abs", "ge", "lt", "clamp")),
     ("data movement", ("copy", "to", "index", "cat", "stack", "view", "reshape", "contiguous")),
 ]

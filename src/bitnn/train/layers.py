@@ -17,7 +17,9 @@ BatchNorm replaces the bias; at conversion it folds into one integer threshold p
 
 ``precision="bfloat16"`` (:meth:`BitMLP.set_precision`) changes only how training multiplies:
 round 1 from bfloat16 operands, round 2's forward exactly in int8 (-1/0/+1 by -1/0/+1, int32
-sums) and its gradients from bfloat16 operands. Evaluation always runs in float32.
+sums) and its gradients from bfloat16 operands; and dropout draws its masks from uniform
+numbers instead of Bernoulli draws (faster, same distribution). Evaluation always runs in
+float32.
 
 In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
 (with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
@@ -326,6 +328,16 @@ class BitMLP(nn.Module):
             layer.precision = precision
             layer.input_scale = 1.0 / (1.0 - p) if p > 0 else 1.0
 
+    def _dropout(self, module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
+        """``module(h)``; at precision bfloat16 the same dropout (keep with probability 1-p,
+        scale by 1/(1-p)) from uniform draws, twice as fast as nn.Dropout's Bernoulli draws
+        on the CPU (another random stream, so only where results change anyway)."""
+        p = module.p
+        if self.layers[0].precision == "float32" or not self.training or p == 0:
+            return module(h)
+        keep = (torch.rand_like(h) >= p).to(h.dtype).mul_(1.0 / (1.0 - p))
+        return h * keep
+
     def set_round(self, round_: int) -> None:
         """1: weight compression (tanh); 2: noisy backpropagation (binarized forward)."""
         if round_ not in (1, 2):
@@ -335,7 +347,7 @@ class BitMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """+1/-1 inputs -> logits (training) or exact integer scores (binary eval mode)."""
-        h = self.dropout_input(x)
+        h = self._dropout(self.dropout_input, x)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             z = layer(h)
@@ -344,7 +356,7 @@ class BitMLP(nn.Module):
                     return z
                 return z * self.log_logit_scale.exp()
             h = sign_activation(z) if self.binary else torch.tanh(z)
-            h = self.dropout_hidden(h)
+            h = self._dropout(self.dropout_hidden, h)
         raise AssertionError("unreachable")
 
     @torch.no_grad()
