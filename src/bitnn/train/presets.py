@@ -140,12 +140,12 @@ def describe_presets(flags: dict[str, str], datasets: tuple[str, ...] = ("mnist"
         sets.append(f"--binarizer {preset.binarizer}" + (f" ({kinds} only)" if kinds else ""))
         lines += wrap.wrap("sets " + "; ".join(sets))
         for dataset in datasets:
-            extra = preset.datasets.get(dataset)
-            if extra:
-                shown = "; ".join(f"{flags.get(k, k)} {_show(v)}" for k, v in extra.items())
-                lines += wrap.wrap(f"on {dataset} also {shown}")
+            extra = preset.datasets.get(dataset, {})
+            shown = [f"{flags.get(k, k)} {_show(v)}" for k, v in extra.items()]
             if dataset in preset.binarizers:
-                lines += wrap.wrap(f"on {dataset} --binarizer {preset.binarizers[dataset]}")
+                shown.append(f"--binarizer {preset.binarizers[dataset]}")
+            if shown:
+                lines += wrap.wrap(f"on {dataset} also {'; '.join(shown)}")
         lines += wrap.wrap("on your own data every other option keeps the default shown above")
     lines.append(
         "without --preset every option keeps its default (binarizer quantile:2:thermometer)"
