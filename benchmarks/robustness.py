@@ -368,45 +368,16 @@ def cases(ro: str) -> list[Case]:
             absent=["ok2.bnn"],
         ),
         # ---- Ctrl-C
-        Case(
-            "ctrl-c",
-            "Ctrl-C 0.2 s after start (importing)",
-            [*long, "-o", "i1.bnn"],
-            130,
-            absent=["i1.bnn"],
-            sigint=(0.2,),
-        ),
-        Case(
-            "ctrl-c",
-            "Ctrl-C 0.5 s after start",
-            [*long, "-o", "i0.bnn"],
-            130,
-            absent=["i0.bnn"],
-            sigint=(0.5,),
-        ),
-        Case(
-            "ctrl-c",
-            "Ctrl-C 1.5 s after start",
-            [*long, "-o", "i7.bnn"],
-            130,
-            absent=["i7.bnn"],
-            sigint=(1.5,),
-        ),
-        Case(
-            "ctrl-c",
-            "Ctrl-C 1 s after start",
-            [*long, "-o", "i2.bnn"],
-            130,
-            absent=["i2.bnn"],
-            sigint=(1.0,),
-        ),
-        Case(
-            "ctrl-c",
-            "Ctrl-C 2 s after start",
-            [*long, "-o", "i3.bnn"],
-            130,
-            absent=["i3.bnn"],
-            sigint=(2.0,),
+        *(
+            Case(
+                "ctrl-c",
+                f"Ctrl-C {delay:g} s after start" + (" (importing)" if delay < 0.5 else ""),
+                [*long, "-o", f"{name}.bnn"],
+                130,
+                absent=[f"{name}.bnn"],
+                sigint=(delay,),
+            )
+            for name, delay in (("i1", 0.2), ("i0", 0.5), ("i7", 1.5), ("i2", 1.0), ("i3", 2.0))
         ),
         Case(
             "ctrl-c",

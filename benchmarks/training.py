@@ -150,15 +150,20 @@ def median_step(model, optimizer, x, y, steps) -> float:
     return float(np.median(times))
 
 
-def float_step_times(hidden, batch, steps) -> float:
-    """A plain float32 MLP of the same shape: tanh, Adam (PyTorch's default), the same loss."""
+def _float_mlp(n_in: int, hidden, n_out: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A plain float32 MLP (tanh) of the same shape and PyTorch's default Adam (seeded)."""
     torch.manual_seed(0)
-    sizes = [NET.n_in, *hidden]
+    sizes = [n_in, *hidden]
     mods: list[torch.nn.Module] = []
     for a, b in itertools.pairwise(sizes):
         mods += [torch.nn.Linear(a, b), torch.nn.Tanh()]
-    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], NET.n_out))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], n_out))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def float_step_times(hidden, batch, steps) -> float:
+    """A plain float32 MLP of the same shape: tanh, Adam (PyTorch's default), the same loss."""
+    model, optimizer = _float_mlp(NET.n_in, hidden, NET.n_out)
     x, y = _batch(batch)
     return median_step(model, optimizer, x, y, steps)
 
@@ -270,13 +275,7 @@ def epochs_main(threads: list[int], precisions: list[str], repeats: int) -> None
 def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
     """Seconds of one epoch of the float32 MLP (tanh, Adam, cross-entropy) on +1/-1 bits held
     as int8, shuffled, each batch converted to float32 as the trainer does."""
-    torch.manual_seed(0)
-    sizes = [bits.shape[1], *hidden]
-    mods: list[torch.nn.Module] = []
-    for a, b in itertools.pairwise(sizes):
-        mods += [torch.nn.Linear(a, b), torch.nn.Tanh()]
-    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-1], 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model, optimizer = _float_mlp(bits.shape[1], hidden, 10)
     x, yt = torch.from_numpy(bits), torch.from_numpy(y.astype(np.int64))
     start = time.perf_counter()
     perm = torch.randperm(len(x))
