@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from bitnn.binarize import QuantileBinarizer  # noqa: E402
 from bitnn.errors import InputError  # noqa: E402
 from bitnn.train import trainer as trainer_module  # noqa: E402
-from bitnn.train.layers import BitMLP  # noqa: E402
+from bitnn.train.layers import BitMLP, _int8_signs, _sign  # noqa: E402
 from bitnn.train.trainer import TrainConfig, to_bipolar, train_network  # noqa: E402
 
 fast = pytest.mark.skipif(
@@ -69,6 +69,14 @@ def test_round_2_forward_is_the_exact_integer_product(sparsity):
     assert len(seen) == 3
     for got, want in seen:
         assert torch.equal(got, want)
+
+
+@fast
+def test_int8_weight_signs_are_the_float_signs():
+    """round 2's int8 weights are sign() of the latent weights, sign(0) = sign(-0) = +1."""
+    p = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0]).repeat(7, 3)
+    assert torch.equal(_int8_signs(p), _sign(p).to(torch.int8))
+    assert _int8_signs(p).dtype == torch.int8
 
 
 @fast

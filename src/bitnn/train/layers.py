@@ -106,8 +106,9 @@ class _Bfloat16Linear(torch.autograd.Function):
 
 
 def _int8_signs(p: torch.Tensor) -> torch.Tensor:
-    """+1 where p >= 0, else -1 (as :func:`_sign`), as int8: one float pass, then bytes."""
-    return torch.ge(p, 0).to(torch.int8).mul_(2).sub_(1)
+    """+1 where p >= 0, else -1 (as :func:`_sign`), as int8: one float pass, then bytes (the
+    bool result viewed as 0/1 bytes, not copied)."""
+    return torch.ge(p, 0.0).view(torch.int8).mul_(2).sub_(1)
 
 
 class _ExactBitLinear(torch.autograd.Function):
