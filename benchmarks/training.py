@@ -24,8 +24,9 @@ dropout, optimizer, data movement, the rest), for each training precision of ``-
 (``float32``, ``bfloat16``: see ``bitnn.train.layers.BitLinear``).
 
 ``--epochs N``: instead, whole epochs of the trainer on MNIST (the paper preset on all 60,000
-training images, shift augmentation, batch 100), one of each round per precision, repeated N
-times interleaved, against one epoch of the float32 MLP on the same input bits; medians.
+training images, shift augmentation, its batch of 100 or ``--batch``), one of each round per
+precision, repeated N times interleaved, against one epoch of the float32 MLP at the same batch
+on the same input bits; medians.
 """
 
 from __future__ import annotations
@@ -226,10 +227,13 @@ def profile_main(hidden, batch, steps, threads: list[int], precisions: list[str]
     print("| total | " + " | ".join(f"{1e3 * sum(rows[r].values()):.2f} ms" for r in runs) + " |")
 
 
-def epochs_main(threads: list[int], precisions: list[str], repeats: int) -> None:
+def epochs_main(
+    threads: list[int], precisions: list[str], repeats: int, batch: int | None = None
+) -> None:
     """One epoch of each round of the MNIST paper preset (the trainer itself: all 60,000
-    images, shift augmentation, batch 100) at each precision, against one epoch of a plain
-    float32 MLP of the same shape on the same input bits (no augmentation)."""
+    images, shift augmentation, the preset's batch or ``batch``) at each precision, against
+    one epoch of a plain float32 MLP of the same shape and batch on the same input bits (no
+    augmentation)."""
     from bitnn.binarize import binarizer_from_spec
     from bitnn.data.mnist import load_mnist
     from bitnn.train.presets import resolve
@@ -238,6 +242,8 @@ def epochs_main(threads: list[int], precisions: list[str], repeats: int) -> None
     mnist = load_mnist()
     values, spec = resolve("paper", {"val_fraction": 0.0, "keep": "last"}, None, "mnist")
     values = TrainConfig(**values).to_json()  # with the defaults the preset leaves alone
+    if batch is not None:
+        values["batch_size"] = batch
     b = binarizer_from_spec(spec).fit(mnist.X_train)
     bits = to_bipolar(b.transform(mnist.X_train))
     data = TrainData(bits, mnist.y_train.astype(np.int64), None, None, 10, "scores",
@@ -359,7 +365,9 @@ def main() -> None:
         "dropout 0.2; say --hidden 2048,2048 --batch 512 for its preset)",
     )  # fmt: skip
     p.add_argument("--hidden", default="1024,1024,1024")
-    p.add_argument("--batch", type=int, default=100)
+    p.add_argument(
+        "--batch", type=int, help="steps: 100 unless given; --epochs: the preset's unless given"
+    )
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
     p.add_argument("--threads", default="1,2", help="--profile, --epochs: thread counts")
@@ -380,6 +388,7 @@ def main() -> None:
     global NET
     NET = NETWORKS[args.network]
     hidden = tuple(int(h) for h in args.hidden.split(","))
+    epoch_batch, args.batch = args.batch, args.batch or 100
     shape = f"{NET.n_in} -> {args.hidden} -> {NET.n_out}, batch {args.batch}"
     if args.contention:
         print(f"{machine()}, PyTorch {torch.__version__}; {shape}; round 2, median of "
@@ -391,7 +400,7 @@ def main() -> None:
     precisions = args.precision.split(",")
     if args.epochs:
         print(f"{machine()}, PyTorch {torch.__version__}")
-        epochs_main(threads, precisions, args.epochs)
+        epochs_main(threads, precisions, args.epochs, epoch_batch)
         return
     if args.profile:
         print(f"{machine()}, PyTorch {torch.__version__}; {shape}; median of {args.steps} "
