@@ -27,8 +27,8 @@ GOLDEN = {
         "326fb975c95e914829be38dec887ca75b6e27bb561dea2daeec1f9e03e27024a",
     ),
     "mnist-paper.bnn": (
-        "e3b98f37666b8bac88bc1d92f0939f0752519df6ad477decced3cd95e479fd08",
-        "658c655cefa8e4c87383558f1ef14fe9f08180627a46a3306256f2386085141a",
+        "e9d57eb4c02073d9e4c167ce1daa9b4fc79fc64fb0b16986ef2a8fcfee37d41f",
+        "c6a95a2866c79003f04496fa9f505bdeb30bd9accdff7ef1c0f234194cd5249b",
     ),
     "mnist-best.bnn": (
         "daababe68f65a371fbab678649fe7e0b9f5e21471906225e78c8c2470bdd5a13",
