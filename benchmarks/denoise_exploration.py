@@ -21,21 +21,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import convolve
 
 from bitnn.binarize import QuantileBinarizer
 from bitnn.data.audio import resample, write_wav
 from bitnn.data.corpora import require_noise_types, require_voices
-from bitnn.speech.denoise import Denoiser, mixture_features
+from bitnn.speech.denoise import mixture_features
 from bitnn.speech.metrics import separation_metrics
 from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures
 from bitnn.speech.protocol import SNRS_DB, TRAIN_NOISES, TRAIN_VOICES
 from bitnn.speech.spectra import SpectrogramConfig, apply_mask, ideal_binary_mask, istft, stft
 from bitnn.speech.training import DenoisingData, train_denoiser
-from bitnn.train.trainer import TrainConfig
+from bitnn.train.trainer import TrainConfig, read_checkpoint
 from bitnn.train.twin import CheckpointNetwork
 
 HELD_OUT_VOICES = ("menardi", "fsdd-yweweler")
 HELD_OUT_NOISE = "water"
+
+
+def _majority(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """1 where most bits of the (frames x bins) footprint around a bit are 1 (edges repeated)."""
+    votes = convolve(mask.astype(np.int32), footprint.astype(np.int32), mode="nearest")
+    return (2 * votes > footprint.sum()).astype(np.uint8)
+
+
+# --post-filters: name -> (mask bits, integer output scores) -> mask bits
+POST_FILTERS = {
+    "majority of 3 frames": lambda m, s: _majority(m, np.ones((3, 1))),
+    "majority of 3 bins": lambda m, s: _majority(m, np.ones((1, 3))),
+    "majority of 5 (a bit, 2 frames, 2 bins)": lambda m, s: _majority(
+        m, np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    ),
+    "majority of 3 x 3": lambda m, s: _majority(m, np.ones((3, 3))),
+    **{
+        f"thresholds {t:+d}": (lambda m, s, t=t: (s >= t).astype(np.uint8))
+        for t in (-8, -4, 4, 8, 16)
+    },
+}
 
 
 def speed_perturbed(
@@ -78,6 +100,16 @@ def main() -> int:
     )
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16 matmuls")
     ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
+    ap.add_argument(
+        "--evaluate-only", action="store_true",
+        help="skip training: measure the run whose checkpoint --checkpoint names (its settings "
+        "must be the ones given here)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--post-filters", action="store_true",
+        help="also measure the BNN's mask after bitwise post-filters (majority votes over "
+        "neighbouring bits) and with its output thresholds shifted",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.manual_seed(0)
     audio = AudioCache(8000)
@@ -98,21 +130,31 @@ def main() -> int:
         lr_round1=args.lr1, lr_round2=args.lr2, dropout_input=args.dropout,
         dropout_hidden=args.dropout, keep="last", precision=args.precision,
     )  # fmt: skip
-    start = time.perf_counter()
-    data = DenoisingData(train, val, spec, audio)
-    net = train_denoiser(
-        data, cfg, QuantileBinarizer(args.bits), lc_db=args.lc_db, checkpoint_path=args.checkpoint
-    )
-    print(f"trained in {time.perf_counter() - start:.0f} s")
-    denoiser, twin = Denoiser(net), CheckpointNetwork(args.checkpoint, 1)
-    rows: dict[str, list[dict[str, float]]] = {"BNN": [], "twin": [], "oracle IBM": []}
+    if not args.evaluate_only:
+        start = time.perf_counter()
+        data = DenoisingData(train, val, spec, audio)
+        train_denoiser(
+            data, cfg, QuantileBinarizer(args.bits), lc_db=args.lc_db,
+            checkpoint_path=args.checkpoint,
+        )  # fmt: skip
+        print(f"trained in {time.perf_counter() - start:.0f} s")
+    # round 2's network gives the BNN's integer output scores (bit-exact with the converted
+    # BitNetwork: tests/test_speech.py), which the threshold shifts need
+    bnn, twin = CheckpointNetwork(args.checkpoint, 2), CheckpointNetwork(args.checkpoint, 1)
+    level_rms = read_checkpoint(Path(args.checkpoint))[1]["metadata"]["speech"]["level_rms"]
+    names = ["BNN", "twin", "oracle IBM"] + (list(POST_FILTERS) if args.post_filters else [])
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     accuracy = []
     for m in iter_mixtures(val, audio):
-        X, feats = mixture_features(m.mixture, spec, denoiser.level_rms)
-        mask = net.predict(feats)
+        X, feats = mixture_features(m.mixture, spec, level_rms)
+        scores = bnn.scores(feats)
+        mask = (scores >= 0).astype(np.uint8)
         ibm = ideal_binary_mask(stft(m.speech, spec), stft(m.noise, spec))
         accuracy.append(np.mean(mask == ibm))
-        for name, mk in (("BNN", mask), ("twin", twin.predict(feats)), ("oracle IBM", ibm)):
+        masks = {"BNN": mask, "twin": twin.predict(feats), "oracle IBM": ibm}
+        if args.post_filters:
+            masks |= {name: f(mask, scores) for name, f in POST_FILTERS.items()}
+        for name, mk in masks.items():
             y = istft(apply_mask(X, mk), spec, m.mixture.size)
             rows[name].append(separation_metrics(m.speech, m.noise, y, 8000))
     print(f"BNN bit accuracy on held-out mixtures: {np.mean(accuracy):.4f}")
