@@ -203,18 +203,33 @@ def profile_groups(hidden, batch, round_, precision) -> dict[str, float]:
     return groups
 
 
+def _runs(precisions: list[str]) -> dict[tuple[int, str], str]:
+    """(round, precision) -> column name, both rounds per precision."""
+    return {(r, p): f"round {r}" + ("" if p == "float32" else f" {p}")
+            for p in precisions for r in (1, 2)}  # fmt: skip
+
+
+def _print_ratio_header(names) -> None:
+    print("| threads | float32 MLP | " + " | ".join(names) + " | "
+          + " | ".join(f"{n} / float" for n in names) + " |")  # fmt: skip
+    print("|---:|---:|" + "---:|" * 2 * len(names))
+
+
+def _print_ratio_row(threads: int, f: float, t: list[float], show) -> None:
+    """One row: the float32 MLP's time f, each run's time and its ratio to f."""
+    print(f"| {threads} | {show(f)} | " + " | ".join(show(x) for x in t) + " | "
+          + " | ".join(f"{x / f:.2f}x" for x in t) + " |")  # fmt: skip
+
+
 def profile_main(hidden, batch, steps, threads: list[int], precisions: list[str]) -> None:
-    runs = [(r, p) for p in precisions for r in (1, 2)]
-    names = {(r, p): f"round {r}" + ("" if p == "float32" else f" {p}") for r, p in runs}
-    print("| threads | float32 MLP | " + " | ".join(names.values()) + " | "
-          + " | ".join(f"{n} / float" for n in names.values()) + " |")  # fmt: skip
-    print("|---:|---:|" + "---:|" * 2 * len(runs))
+    names = _runs(precisions)
+    runs = list(names)
+    _print_ratio_header(names.values())
     for n in threads:
         torch.set_num_threads(n)
         f = float_step_times(hidden, batch, steps)
         t = [step_times(hidden, batch, steps, r, False, p) for r, p in runs]
-        print(f"| {n} | {1e3 * f:.1f} ms | " + " | ".join(f"{1e3 * x:.1f} ms" for x in t)
-              + " | " + " | ".join(f"{x / f:.2f}x" for x in t) + " |")  # fmt: skip
+        _print_ratio_row(n, f, t, lambda x: f"{1e3 * x:.1f} ms")
     print()
     torch.set_num_threads(threads[0])
     print(f"Where a step's time goes ({threads[0]} thread(s), self CPU time per step):")
@@ -253,11 +268,9 @@ def epochs_main(
           f"{values['batch_size']}, augment_shift {values['augment_shift']}; "
           f"median of {repeats} epochs each")  # fmt: skip
     print()
-    runs = [(r, p) for p in precisions for r in (1, 2)]
-    names = [f"round {r}" + ("" if p == "float32" else f" {p}") for r, p in runs]
-    print("| threads | float32 MLP | " + " | ".join(names) + " | "
-          + " | ".join(f"{n} / float" for n in names) + " |")  # fmt: skip
-    print("|---:|---:|" + "---:|" * 2 * len(runs))
+    names = _runs(precisions)
+    runs = list(names)
+    _print_ratio_header(names.values())
     for n in threads:
         torch.set_num_threads(n)
         times: dict = {run: [] for run in runs}
@@ -272,10 +285,8 @@ def epochs_main(
                     trainer.run()
                 for h in trainer.history:
                     times[(h["round"], p)].append(h["seconds"])
-        f = float(np.median(floats))
         t = [float(np.median(times[run])) for run in runs]
-        print(f"| {n} | {f:.1f} s | " + " | ".join(f"{x:.1f} s" for x in t) + " | "
-              + " | ".join(f"{x / f:.2f}x" for x in t) + " |")  # fmt: skip
+        _print_ratio_row(n, float(np.median(floats)), t, lambda x: f"{x:.1f} s")
 
 
 def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
