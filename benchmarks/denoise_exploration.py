@@ -113,24 +113,24 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(0)
     audio = AudioCache(8000)
-    train_voices = require_voices([v for v in TRAIN_VOICES if v not in HELD_OUT_VOICES])
-    train_noises = require_noise_types([n for n in TRAIN_NOISES if n != HELD_OUT_NOISE])
-    tmp = tempfile.TemporaryDirectory()
-    if args.noise_speeds:
-        train_noises = speed_perturbed(train_noises, args.noise_speeds, audio, Path(tmp.name))
-    train = draw_mixtures(train_voices, train_noises, SNRS_DB, args.mixtures, 0, audio)
     val = draw_mixtures(
         require_voices(HELD_OUT_VOICES), require_noise_types([HELD_OUT_NOISE]), (0.0,), 60, 1,
         audio,
     )  # fmt: skip
     spec = SpectrogramConfig(context=args.context, floor_percentile=args.floor)
-    cfg = TrainConfig(
-        hidden=(2048, 2048), bias_kind=args.bias_kind, output_bias_kind="bias",
-        epochs_round1=args.epochs1, epochs_round2=args.epochs2, batch_size=args.batch_size,
-        lr_round1=args.lr1, lr_round2=args.lr2, dropout_input=args.dropout,
-        dropout_hidden=args.dropout, keep="last", precision=args.precision,
-    )  # fmt: skip
     if not args.evaluate_only:
+        voices = require_voices([v for v in TRAIN_VOICES if v not in HELD_OUT_VOICES])
+        noises = require_noise_types([n for n in TRAIN_NOISES if n != HELD_OUT_NOISE])
+        tmp = tempfile.TemporaryDirectory()
+        if args.noise_speeds:
+            noises = speed_perturbed(noises, args.noise_speeds, audio, Path(tmp.name))
+        train = draw_mixtures(voices, noises, SNRS_DB, args.mixtures, 0, audio)  # own seed
+        cfg = TrainConfig(
+            hidden=(2048, 2048), bias_kind=args.bias_kind, output_bias_kind="bias",
+            epochs_round1=args.epochs1, epochs_round2=args.epochs2, batch_size=args.batch_size,
+            lr_round1=args.lr1, lr_round2=args.lr2, dropout_input=args.dropout,
+            dropout_hidden=args.dropout, keep="last", precision=args.precision,
+        )  # fmt: skip
         start = time.perf_counter()
         data = DenoisingData(train, val, spec, audio)
         train_denoiser(
