@@ -71,7 +71,6 @@ def test_round_2_forward_is_the_exact_integer_product(sparsity):
         assert torch.equal(got, want)
 
 
-@fast
 def test_int8_weight_signs_are_the_float_signs():
     """round 2's int8 weights are sign() of the latent weights, sign(0) = sign(-0) = +1."""
     p = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0]).repeat(7, 3)

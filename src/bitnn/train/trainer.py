@@ -780,7 +780,8 @@ def train_network(
     if isinstance(was, str) and was != trainer.precision:
         warnings.warn(
             f"this run trained at precision {was} before and resumes at {trainer.precision} "
-            "(this machine's fallback): its result can differ from an uninterrupted run's",
+            "(bfloat16 falls back to float32 where the CPU lacks it): its result can differ "
+            "from an uninterrupted run's",
             stacklevel=2,
         )
     if n_threads is not None:
