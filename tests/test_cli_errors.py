@@ -287,3 +287,19 @@ def test_report_labels_must_be_class_ids(w, capsys):
     np.savez(w / "s.npz", X=X, y=np.array(["a", "b", "c"])[np.arange(300) % 3])
     argv = ["report", str(w / "m.bnn"), "-o", str(w / "r"), "--data", str(w / "s.npz")]
     assert "labels must be class ids 0..2" in error_of(capsys, argv)  # was a UFuncTypeError
+
+
+def test_a_ctrl_c_while_ctrl_c_is_being_ignored_is_ignored_too(monkeypatch):
+    """The race behind a traceback on a quick second Ctrl-C: it lands inside signal.signal."""
+    import bitnn.__main__ as entry
+
+    calls = []
+
+    def flaky_signal(sig, handler):
+        calls.append(handler)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry.signal, "signal", flaky_signal)
+    entry._ignore_ctrl_c()
+    assert calls == [signal.SIG_IGN, signal.SIG_IGN]

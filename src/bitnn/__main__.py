@@ -10,16 +10,28 @@ import signal
 import sys
 
 
+def _ignore_ctrl_c() -> None:
+    """Ignore further Ctrl-C. One that lands while the handler is being swapped (a second
+    Ctrl-C right after the first) raises inside signal.signal itself: set it again, the
+    outcome is already decided."""
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
 def run() -> None:
     try:
         from bitnn.cli import main  # numpy and the rest load here
 
         status = main()
     except KeyboardInterrupt:  # before the command's own boundary existed
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _ignore_ctrl_c()
         print("bitnn: interrupted", file=sys.stderr)
         status = 130
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the outcome is decided: no late tracebacks
+    _ignore_ctrl_c()  # the outcome is decided: no late tracebacks
     if status == 130:
         # Leave without the interpreter's teardown: a library interrupted halfway through
         # loading (PyTorch's C++ side) may abort there instead of exiting.
