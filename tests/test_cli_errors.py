@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitnn import cli
+from bitnn import cli, interrupts
 from bitnn.binarize import QuantileBinarizer
 from bitnn.cli import main
 from bitnn.io import save_model
@@ -219,9 +219,10 @@ def test_every_command_takes_debug():
 # ---- Ctrl-C, through a real process and a real signal ----------------------------------------
 
 
-def _run_with_sigint(argv, cwd, wait_for=None, delays=(0.3,)):
+def _run_with_sigint(argv, cwd, wait_for=None, delays=(0.3,), until_exit=False):
     """Start ``python -m bitnn ARGV``; after the stderr line ``wait_for`` (or at once) sleep
-    each delay and send SIGINT; return (exit status, stderr). Never leaves the process."""
+    each delay and send SIGINT (``until_exit``: stop sending once the process has ended);
+    return (exit status, stderr). Never leaves the process."""
     env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bitnn", *argv], cwd=cwd, env=env, text=True,
@@ -243,6 +244,8 @@ def _run_with_sigint(argv, cwd, wait_for=None, delays=(0.3,)):
             assert seen.wait(timeout=300), "the run never got there"
         for delay in delays:
             time.sleep(delay)
+            if until_exit and proc.poll() is not None:
+                break
             assert proc.poll() is None, "the run ended before the signal: " + "".join(lines)
             proc.send_signal(signal.SIGINT)
         proc.wait(timeout=300)
@@ -282,6 +285,16 @@ def test_ctrl_c_twice_while_training_is_one_line(tmp_path, long_run):
     assert not (tmp_path / "m.bnn").exists()
 
 
+def test_a_burst_of_ctrl_c_while_training_is_one_line(tmp_path, long_run):
+    """A held-down Ctrl-C: signals keep landing while the command stops and returns."""
+    pytest.importorskip("torch")
+    burst = (0.3, 0.01) + (0.0,) * 200_000
+    status, err = _run_with_sigint(long_run, tmp_path, "round 1 epoch 1/3", burst, True)
+    assert status == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("bitnn: "), err
+    assert not (tmp_path / "m.bnn").exists()
+
+
 def test_report_labels_must_be_class_ids(w, capsys):
     X = np.load(w / "d.npz")["X"]
     np.savez(w / "s.npz", X=X, y=np.array(["a", "b", "c"])[np.arange(300) % 3])
@@ -289,17 +302,71 @@ def test_report_labels_must_be_class_ids(w, capsys):
     assert "labels must be class ids 0..2" in error_of(capsys, argv)  # was a UFuncTypeError
 
 
-def test_a_ctrl_c_while_ctrl_c_is_being_ignored_is_ignored_too(monkeypatch):
-    """The race behind a traceback on a quick second Ctrl-C: it lands inside signal.signal."""
+@pytest.fixture
+def entry(monkeypatch):
+    """bitnn.__main__ run in this process, with its exits recorded instead of taken."""
     import bitnn.__main__ as entry
 
-    calls = []
+    exits = []
 
-    def flaky_signal(sig, handler):
-        calls.append(handler)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
+    def leave(status):
+        exits.append(status)
+        raise SystemExit(status)
 
-    monkeypatch.setattr(entry.signal, "signal", flaky_signal)
-    entry._ignore_ctrl_c()
-    assert calls == [signal.SIG_IGN, signal.SIG_IGN]
+    monkeypatch.setattr(entry.sys, "exit", leave)
+    monkeypatch.setattr(entry.os, "_exit", leave)
+    monkeypatch.setattr(interrupts, "state", {"ignore": False, "training": None})
+    previous = signal.getsignal(signal.SIGINT)
+    yield entry, exits
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_after_the_outcome_is_decided_is_ignored(entry, monkeypatch):
+    """The race behind a traceback on a quick second Ctrl-C: it landed after the command had
+    returned, while the entry point was switching Ctrl-C off."""
+    entry, exits = entry
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    with pytest.raises(SystemExit):
+        entry.run()
+    assert exits == [0]
+    signal.raise_signal(signal.SIGINT)  # the command's handler is still in place: ignored
+    assert signal.getsignal(signal.SIGINT) is interrupts._on_ctrl_c
+
+
+def test_a_ctrl_c_before_the_command_boundary_is_one_line(entry, monkeypatch, capsys):
+    entry, exits = entry
+
+    def interrupted_while_loading():
+        signal.raise_signal(signal.SIGINT)
+        pytest.fail("Ctrl-C did not interrupt")
+
+    monkeypatch.setattr(cli, "main", interrupted_while_loading)
+    with pytest.raises(SystemExit):
+        entry.run()
+    assert exits == [130]
+    assert capsys.readouterr().err == "bitnn: interrupted\n"
+    signal.raise_signal(signal.SIGINT)  # decided: a second one is ignored
+
+
+def test_a_training_stop_in_the_command_decides_the_outcome(entry):
+    """First Ctrl-C: a clean stop; second: abort; after the stop, nothing more."""
+    interrupts.install()
+    flag, said = {"stop": False}, []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.TrainingStop(flag, lambda: said.append("stopping")):
+            signal.raise_signal(signal.SIGINT)
+            assert flag["stop"] and said == ["stopping"]
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("a second Ctrl-C did not abort")
+    signal.raise_signal(signal.SIGINT)  # ignored from now on
+    assert interrupts.state == {"ignore": True, "training": None}
+
+
+def test_a_training_stop_in_a_library_restores_python_s_ctrl_c(entry):
+    flag = {"stop": False}
+    with interrupts.TrainingStop(flag, lambda: None):
+        signal.raise_signal(signal.SIGINT)
+        assert flag["stop"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)

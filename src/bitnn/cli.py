@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shlex
-import signal
 import sys
 import tempfile
-import threading
 import traceback
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1176,26 +1172,15 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush is silent
         return 141
     except (Exception, KeyboardInterrupt) as exc:
-        with _no_interruptions():  # a second Ctrl-C cannot cut the report short
-            if debug:
-                traceback.print_exc()
-            message, status = _one_line(exc, args)
-            print(message, file=sys.stderr)
+        # In the bitnn command a Ctrl-C that raised, or a completed training stop, has
+        # already switched further Ctrl-C off (bitnn.interrupts): the report stands.
+        if debug:
+            traceback.print_exc()
+        message, status = _one_line(exc, args)
+        print(message, file=sys.stderr)
         return status
     finally:
         warnings.showwarning = shown
-
-
-@contextlib.contextmanager
-def _no_interruptions() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

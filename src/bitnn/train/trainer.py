@@ -14,8 +14,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 
 from bitnn.binarize import Binarizer, ThresholdBinarizer, check_features, edge_code
 from bitnn.errors import InputError, ModelFormatError, TrainingInterrupted
+from bitnn.interrupts import TrainingStop
 from bitnn.io import atomic_write_bytes, decode_container, encode_container
 from bitnn.network import BitNetwork
 from bitnn.progress import ProgressBar, format_duration, log
@@ -190,24 +189,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "float32"
 
 
-@contextmanager
-def _stop_on_sigint(flag: dict[str, bool]) -> Iterator[None]:
-    """First Ctrl-C asks for a clean stop after the current batch; a second one aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        log("\nstopping after this batch and saving a checkpoint (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _announce_stop() -> None:
+    log("\nstopping after this batch and saving a checkpoint (Ctrl-C again to abort)")
 
 
 def _state_to_numpy(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -362,7 +345,7 @@ class Trainer:
 
     def run(self) -> BitMLP:
         """Train to the end (or raise :class:`TrainingInterrupted`); return the best model."""
-        with _stop_on_sigint(self.stop):
+        with TrainingStop(self.stop, _announce_stop):
             self._run()
         return self.final_model()
 

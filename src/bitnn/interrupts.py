@@ -1,0 +1,79 @@
+"""Ctrl-C: one SIGINT handler for a whole ``bitnn`` command, steered by plain assignments.
+
+The command's rule: the first Ctrl-C interrupts (raises :class:`KeyboardInterrupt`) or, while a
+training runs, asks it to stop cleanly after the current batch; a second Ctrl-C during that
+stop aborts it; once an interruption has been raised or a stop has completed, every further
+Ctrl-C is ignored until the process ends, so the one-line report and the exit status stand.
+
+Why assignments rather than swapping handlers with ``signal.signal``: Python runs a pending
+handler at function entries, loop back-edges and after calls, so a quick second Ctrl-C can
+land inside the call that swaps handlers and leave the old one in place (the test suite saw a
+traceback that way). A store into :data:`state` has no such point inside it.
+
+Library use (a notebook, a script calling ``Trainer.run``) keeps Python's own Ctrl-C:
+:class:`TrainingStop` swaps a handler in for the training and back, as usual in Python.
+
+Only ``signal`` is imported here: the entry point installs this before numpy and PyTorch load.
+"""
+
+from __future__ import annotations
+
+import signal
+
+# ignore: the outcome is decided; training: (stop flag, announce) of the running training
+state = {"ignore": False, "training": None}
+
+
+def _on_ctrl_c(signum, frame) -> None:
+    if state["ignore"]:
+        return
+    training = state["training"]
+    if training is not None and not training[0]["stop"]:
+        _request_stop(*training)
+        return
+    state["ignore"] = True
+    raise KeyboardInterrupt
+
+
+def _request_stop(flag: dict, announce) -> None:
+    flag["stop"] = True
+    announce()
+
+
+def install() -> None:
+    """Make this process follow the command's rule (the ``bitnn`` entry point does this)."""
+    state["ignore"], state["training"] = False, None
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+
+
+class TrainingStop:
+    """``with TrainingStop(flag, announce):`` the first Ctrl-C sets ``flag["stop"]`` and calls
+    ``announce()`` (the training stops after its batch and saves a checkpoint); a second one
+    raises KeyboardInterrupt. Outside the main thread Ctrl-C is not this block's to handle."""
+
+    def __init__(self, flag: dict, announce) -> None:
+        self.flag, self.announce, self.previous = flag, announce, None
+
+    def __enter__(self) -> TrainingStop:
+        import threading  # loaded long before any training; kept off the start-up path
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGINT) is _on_ctrl_c:  # inside the bitnn command
+            state["training"] = (self.flag, self.announce)
+        else:
+            self.previous = signal.signal(signal.SIGINT, self._library_handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        elif state["training"] is not None and state["training"][0] is self.flag:
+            if self.flag["stop"]:  # the stop completed (or is aborting): outcome decided
+                state["ignore"] = True
+            state["training"] = None
+
+    def _library_handler(self, signum, frame) -> None:
+        if self.flag["stop"]:
+            raise KeyboardInterrupt
+        _request_stop(self.flag, self.announce)
