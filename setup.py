@@ -1,4 +1,6 @@
-"""Builds the optional C kernels (bitnn.engine._kernels) with the system C compiler.
+"""Builds the optional C kernels with the system C compiler: bitnn.engine._kernels (the bit
+engine) and, on x86-64, bitnn.train._fused (round 2's passes over the weights in training,
+with glibc's vector math library libmvec).
 
 One object holds every variant (portable, AVX2, AVX-512): each function carries its own
 target attribute and the choice is made at run time from the CPU's features, so the build
@@ -23,6 +25,16 @@ setup(
             extra_link_args=["-pthread"]
             + (["-fsanitize=address,undefined"] if os.environ.get("BITNN_SANITIZE") else []),
             optional=True,
-        )
+        ),
+        Extension(
+            "bitnn.train._fused",
+            sources=["src/bitnn/train/_fused.c"],
+            extra_compile_args=extra,
+            libraries=["mvec", "m"],
+            extra_link_args=["-fsanitize=address,undefined"]
+            if os.environ.get("BITNN_SANITIZE")
+            else [],
+            optional=True,
+        ),
     ]
 )

@@ -16,6 +16,9 @@ round and the ratio.
 CPU-bound process (a one-core spin loop, or another training on PyTorch's default threads),
 with PyTorch's default thread count and with bitnn's (``bitnn.train.trainer.cpu_threads``).
 
+``--precision`` takes ``bfloat16-torch`` too: bfloat16 with PyTorch's ops in place of the
+compiled passes over round 2's weights (``bitnn.train._fused``), to time what they replace.
+
 ``--profile``: instead, the profile of the trainer's step side by side with a plain float32
 MLP of the same shape (tanh, Adam, cross-entropy, the same batch: what a bitnn step should
 cost at most), at each thread count of ``--threads``, and where a bitnn step spends its time
@@ -203,6 +206,19 @@ def profile_groups(hidden, batch, round_, precision) -> dict[str, float]:
     return groups
 
 
+@contextlib.contextmanager
+def _precision(name: str):
+    """A --precision entry: ``float32``, ``bfloat16``, or ``bfloat16-torch`` (bfloat16 with
+    PyTorch's ops where bitnn.train._fused would run: what the compiled passes replace)."""
+    fused = layers._fused
+    if name.endswith("-torch"):
+        layers._fused = None
+    try:
+        yield name.removesuffix("-torch")
+    finally:
+        layers._fused = fused
+
+
 def _runs(precisions: list[str]) -> dict[tuple[int, str], str]:
     """(round, precision) -> column name, both rounds per precision."""
     return {(r, p): f"round {r}" + ("" if p == "float32" else f" {p}")
@@ -228,13 +244,19 @@ def profile_main(hidden, batch, steps, threads: list[int], precisions: list[str]
     for n in threads:
         torch.set_num_threads(n)
         f = float_step_times(hidden, batch, steps)
-        t = [step_times(hidden, batch, steps, r, False, p) for r, p in runs]
+        t = []
+        for r, p in runs:
+            with _precision(p) as precision:
+                t.append(step_times(hidden, batch, steps, r, False, precision))
         _print_ratio_row(n, f, t, lambda x: f"{1e3 * x:.1f} ms")
     print()
     torch.set_num_threads(threads[0])
     print(f"Where a step's time goes ({threads[0]} thread(s), self CPU time per step):")
     print()
-    rows = {run: profile_groups(hidden, batch, *run) for run in runs}
+    rows = {}
+    for r, p in runs:
+        with _precision(p) as precision:
+            rows[(r, p)] = profile_groups(hidden, batch, r, precision)
     print("| ops | " + " | ".join(names.values()) + " |")
     print("|---|" + "---:|" * len(runs))
     for group in rows[runs[0]]:
@@ -278,10 +300,10 @@ def epochs_main(
         for _ in range(repeats):  # interleaved: a disturbance does not hit one side only
             floats.append(float_epoch(bits, mnist.y_train, hidden, values["batch_size"]))
             for p in precisions:
-                cfg = TrainConfig(**{**values, "epochs_round1": 1, "epochs_round2": 1,
-                                     "precision": p, "device": "cpu"})  # fmt: skip
-                trainer = Trainer(cfg, data, b)
-                with contextlib.redirect_stderr(io.StringIO()):
+                with _precision(p) as precision, contextlib.redirect_stderr(io.StringIO()):
+                    cfg = TrainConfig(**{**values, "epochs_round1": 1, "epochs_round2": 1,
+                                         "precision": precision, "device": "cpu"})  # fmt: skip
+                    trainer = Trainer(cfg, data, b)
                     trainer.run()
                 for h in trainer.history:
                     times[(h["round"], p)].append(h["seconds"])

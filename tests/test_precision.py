@@ -12,8 +12,9 @@ torch = pytest.importorskip("torch")
 
 from bitnn.binarize import QuantileBinarizer  # noqa: E402
 from bitnn.errors import InputError  # noqa: E402
+from bitnn.train import layers  # noqa: E402
 from bitnn.train import trainer as trainer_module  # noqa: E402
-from bitnn.train.layers import BitMLP, _int8_signs, _sign  # noqa: E402
+from bitnn.train.layers import BitMLP, _int8_signs, _sign, keep_mask  # noqa: E402
 from bitnn.train.trainer import TrainConfig, to_bipolar, train_network  # noqa: E402
 
 fast = pytest.mark.skipif(
@@ -78,6 +79,69 @@ def test_int8_weight_signs_are_the_float_signs():
     assert _int8_signs(p).dtype == torch.int8
 
 
+compiled = pytest.mark.skipif(layers._fused is None, reason="bitnn.train._fused not built")
+
+
+def _latent(n, seed=0):
+    """Latent weights with the edge cases: zeros of both signs, tiny, huge, infinite, NaN."""
+    w = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 2
+    w[:8] = torch.tensor([-0.0, 0.0, -1e-38, 1e-38, 40.0, -40.0, float("inf"), float("-inf")])
+    return w
+
+
+@compiled
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 63, 1000, 16 * 4099 + 5])  # tails and a long run
+def test_compiled_signs_are_pytorch_s_signs(n, monkeypatch):
+    w = _latent(max(n, 8))[:n]
+    if n > 8:
+        w[8] = float("nan")  # torch.ge says False: -1
+    wi, wb = layers._latent_signs(w)
+    monkeypatch.setattr(layers, "_fused", None)
+    ti, tb = layers._latent_signs(w)
+    assert wi.dtype == torch.int8 and wb.dtype == torch.bfloat16
+    assert torch.equal(wi, ti)
+    assert torch.equal(wb.view(torch.int16), tb.view(torch.int16))  # the same bits
+
+
+@compiled
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000, 16 * 4099 + 5])
+def test_compiled_tanh_grad_is_pytorch_s_within_a_few_ulp(n, monkeypatch):
+    """float(G) * (1 - tanh(W)^2) with libmvec's tanh: the same up to rounding (where tanh is
+    near +-1 the difference of two nearby numbers magnifies it; bounded here absolutely)."""
+    w = _latent(max(n, 8))[:n]
+    g = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = layers._latent_grad(g, w)
+    monkeypatch.setattr(layers, "_fused", None)
+    want = layers._latent_grad(g, w)
+    assert got.dtype == torch.float32 and got.shape == w.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.all(got[4:8] == 0)  # +-40 and +-inf: tanh' is 0
+
+
+@compiled
+def test_compiled_passes_refuse_a_gradient_of_another_shape():
+    w = torch.zeros(4, 5)
+    with pytest.raises(ValueError, match="bfloat16 gradient"):
+        layers._latent_grad(torch.zeros(4, 6, dtype=torch.bfloat16), w)
+    with pytest.raises(ValueError, match="bfloat16 gradient"):
+        layers._latent_grad(torch.zeros(4, 5), w)
+
+
+@fast
+def test_a_round_2_step_with_and_without_the_compiled_passes(monkeypatch):
+    """Same logits (signs are exact), weight gradients equal up to tanh's rounding."""
+    if layers._fused is None:
+        pytest.skip("bitnn.train._fused not built")
+    x, y = _batch()
+    out_c, g_c = _step(_model(2, "bfloat16", bias_kind="bias"), x, y, 9)
+    monkeypatch.setattr(layers, "_fused", None)
+    out_t, g_t = _step(_model(2, "bfloat16", bias_kind="bias"), x, y, 9)
+    assert torch.equal(out_c, out_t)
+    assert g_c.keys() == g_t.keys()
+    for name in g_c:
+        torch.testing.assert_close(g_c[name], g_t[name], rtol=1e-5, atol=1e-7)
+
+
 @fast
 @pytest.mark.parametrize("round_", [1, 2])
 @pytest.mark.parametrize("bias_kind", ["bias", "threshold"])
@@ -105,6 +169,19 @@ def test_bfloat16_dropout_keeps_1_minus_p_scaled_and_masks_gradients():
     assert torch.equal(h.grad, out.detach())  # d out / d h = the scaled mask
     model.eval()  # no dropout outside training
     assert torch.equal(model._dropout(model.dropout_hidden, h), h)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_masks_keep_1_minus_p_with_independent_neighbours(p):
+    """Four neighbours share one 64-bit draw: their 16-bit slices must not be correlated."""
+    torch.manual_seed(4)
+    keep = keep_mask(torch.empty(1001, 999), p).float()  # not a multiple of 4 units
+    assert keep.shape == (1001, 999)
+    assert abs(keep.mean().item() - (1 - p)) < 0.003  # 7 standard deviations at p = 0.5
+    flat = keep.flatten() - keep.mean()
+    for lag in (1, 2, 3, 4):  # the correlation of units `lag` apart
+        r = (flat[:-lag] * flat[lag:]).mean() / flat.var()
+        assert abs(r.item()) < 0.005
 
 
 def _blobs(n=400, seed=0):

@@ -244,6 +244,8 @@ def test_shift_augmenter_equals_binarizing_moved_images(binarizer):
     X = images.reshape(40, -1).astype(np.float32)
     binarizer.fit(X)
     augment = ShiftAugmenter(binarizer, (5, 7), 2, torch.device("cpu"))
+    # the comparisons-are-the-bits path for thermometer codes, the level table for the rest
+    assert augment.thermometer == (getattr(binarizer, "code", "thermometer") == "thermometer")
     shifts = rng.integers(-2, 3, (40, 2))
     got = augment(torch.from_numpy(X), torch.from_numpy(shifts)).numpy()
     moved = np.zeros_like(images)

@@ -17,9 +17,12 @@ BatchNorm replaces the bias; at conversion it folds into one integer threshold p
 
 ``precision="bfloat16"`` (:meth:`BitMLP.set_precision`) changes only how training multiplies:
 round 1 from bfloat16 operands, round 2's forward exactly in int8 (-1/0/+1 by -1/0/+1, int32
-sums) and its gradients from bfloat16 operands; and dropout draws its masks from uniform
-numbers instead of Bernoulli draws (faster, same distribution). Evaluation always runs in
-float32.
+sums) and its gradients from bfloat16 operands; dropout draws its masks from uniform
+integers instead of Bernoulli draws (:func:`keep_mask`: faster, the same distribution up to
+p rounded to 2**-16); and with latent weights, the passes over W (its signs, tanh' for its
+gradient) run compiled where ``bitnn.train._fused`` is built (x86-64 with glibc; tanh then
+comes from glibc's libmvec, within a few units in the last place of PyTorch's). Evaluation
+always runs in float32.
 
 In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
 (with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
@@ -36,6 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnn.errors import InputError
+
+try:
+    from bitnn.train import _fused
+except ImportError:  # not built (no C compiler, not x86-64 with glibc): PyTorch's ops run
+    _fused = None
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +119,39 @@ def _int8_signs(p: torch.Tensor) -> torch.Tensor:
     return torch.ge(p, 0.0).view(torch.int8).mul_(2).sub_(1)
 
 
+def _fusable(w: torch.Tensor) -> bool:
+    """Whether the compiled passes (``bitnn.train._fused``) take this latent weight."""
+    return _fused is not None and w.device.type == "cpu" and w.dtype == torch.float32
+
+
+def _latent_signs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sign(W) as int8 and as bfloat16, +1 where W >= 0: one compiled pass where available."""
+    if not _fusable(w):
+        wi = _int8_signs(w)
+        return wi, wi.to(torch.bfloat16)
+    w = w.contiguous()
+    wi = torch.empty(w.shape, dtype=torch.int8)
+    wb = torch.empty(w.shape, dtype=torch.bfloat16)
+    with torch.profiler.record_function("bitnn_fused::signs"):  # named in profiles
+        _fused.signs(w.data_ptr(), wi.data_ptr(), wb.data_ptr(), w.numel())
+    return wi, wb
+
+
+def _latent_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """float(grad) * tanh'(W) for the bfloat16 gradient of sign(W): one compiled pass where
+    available (tanh from glibc's libmvec, within a few units in the last place of PyTorch's),
+    else PyTorch's ops."""
+    if not _fusable(w):
+        return torch.ops.aten.tanh_backward(grad.float(), torch.tanh(w))
+    if grad.shape != w.shape or grad.dtype != torch.bfloat16:  # the C loop reads it blindly
+        raise ValueError(f"_latent_grad needs a {tuple(w.shape)} bfloat16 gradient")
+    w, grad = w.contiguous(), grad.contiguous()
+    out = torch.empty(w.shape, dtype=torch.float32)
+    with torch.profiler.record_function("bitnn_fused::tanh_grad"):
+        _fused.tanh_grad(w.data_ptr(), grad.data_ptr(), out.data_ptr(), w.numel())
+    return out
+
+
 class _ExactBitLinear(torch.autograd.Function):
     """Round 2's x @ w.T at ``precision=bfloat16``: x holds -1/0/+1 times ``scale`` (the
     dropout scale 1/(1-p), 1 without dropout) and w holds -1/0/+1, so the product is taken
@@ -120,28 +161,43 @@ class _ExactBitLinear(torch.autograd.Function):
 
     ``latent=True``: ``w`` is the latent weight W itself and the layer uses sign(W), with
     gradient tanh'(W) (as :class:`_SignOfTanhStraightThrough`), without a float copy of
-    the signs."""
+    the signs: :func:`_latent_signs` and :func:`_latent_grad`."""
 
     @staticmethod
     def forward(ctx, x, w, scale, latent):  # type: ignore[override]
-        xi = (x if scale == 1.0 else x * (1.0 / scale)).round().to(torch.int8)
-        wi = _int8_signs(w) if latent else w.round().to(torch.int8)
-        ctx.save_for_backward(xi, wi, w if latent else None)
+        xi = torch.sign(x).to(torch.int8)  # x is -1/0/+1 times a positive scale
+        if latent:
+            wi, wb = _latent_signs(w)
+        else:
+            wi = w.round().to(torch.int8)
+            wb = None  # made in backward, when it is needed
+        ctx.save_for_backward(xi, wi if wb is None else wb, w if latent else None)
         ctx.scale = scale
-        out = torch._int_mm(xi, wi.t()).float()
-        return out if scale == 1.0 else out.mul_(scale)
+        out = torch._int_mm(xi, wi.t())
+        return out.float() if scale == 1.0 else torch.mul(out, scale)  # int32 -> float
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        xi, wi, latent = ctx.saved_tensors
+        xi, wb, latent = ctx.saved_tensors
         gb = grad.to(torch.bfloat16)
-        grad_x = torch.mm(gb, wi.to(torch.bfloat16)).float()
+        grad_x = torch.mm(gb, wb.to(torch.bfloat16)).float()
         if ctx.scale != 1.0:  # x's scale on the small operand, not on the weight-sized result
             gb = (grad * ctx.scale).to(torch.bfloat16)
-        grad_w = torch.mm(gb.t(), xi.to(torch.bfloat16)).float()
+        grad_w = torch.mm(gb.t(), xi.to(torch.bfloat16))
         if latent is not None:
-            grad_w = torch.ops.aten.tanh_backward(grad_w, torch.tanh(latent))
-        return grad_x, grad_w, None, None
+            return grad_x, _latent_grad(grad_w, latent), None, None
+        return grad_x, grad_w.float(), None, None
+
+
+def keep_mask(h: torch.Tensor, p: float) -> torch.Tensor:
+    """A bool mask like ``h``, True with probability 1 - p, p rounded to a multiple of 2**-16
+    (at most 7.7e-6 away): each 64-bit draw of the generator gives four 16-bit uniform
+    integers, each compared with a threshold. On the CPU the generator runs serially and
+    was a seventh of a round-2 step at batch 400 with one float draw per unit."""
+    n = h.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=h.device)
+    words.random_(-(2**63), 2**63 - 1)  # the whole 64-bit range (one value short)
+    return words.view(torch.int16)[:n].view(h.shape) >= round(p * 65536) - 32768
 
 
 def sign_activation(z: torch.Tensor) -> torch.Tensor:
@@ -331,13 +387,14 @@ class BitMLP(nn.Module):
 
     def _dropout(self, module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
         """``module(h)``; at precision bfloat16 the same dropout (keep with probability 1-p,
-        scale by 1/(1-p)) from uniform draws, twice as fast as nn.Dropout's Bernoulli draws
-        on the CPU (another random stream, so only where results change anyway)."""
+        scale by 1/(1-p)) from :func:`keep_mask`, four times fewer calls of the random
+        generator than nn.Dropout's draws (another random stream, so only where results
+        change anyway)."""
         p = module.p
         if self.layers[0].precision == "float32" or not self.training or p == 0:
             return module(h)
-        keep = (torch.rand_like(h) >= p).to(h.dtype).mul_(1.0 / (1.0 - p))
-        return h * keep
+        # the mask as bytes: the product promotes it, without a float copy of the mask
+        return (h * keep_mask(h, p).view(torch.int8)).mul_(1.0 / (1.0 - p))
 
     def set_round(self, round_: int) -> None:
         """1: weight compression (tanh); 2: noisy backpropagation (binarized forward)."""

@@ -76,6 +76,14 @@ class ShiftAugmenter:
         self.max_shift = max_shift
         self.edges = torch.tensor(code.edges, device=device)  # (features, levels - 1)
         self.codes = torch.tensor(code.codes.astype(np.float32) * 2 - 1, device=device)
+        # Thermometer codes over sorted edges: bit j is x >= edge j, so the comparisons are
+        # the bits themselves (no level count, no table lookup: a third of the time).
+        levels, k = code.codes.shape
+        self.thermometer = bool(
+            levels == k + 1
+            and np.array_equal(code.codes, np.arange(levels)[:, None] > np.arange(k))
+            and np.all(np.diff(code.edges, axis=1) >= 0)
+        )
 
     def __call__(self, x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         """Raw ``(b, features)`` float32 and ``(b, 2)`` (down, right) shifts, each at most
@@ -84,10 +92,14 @@ class ShiftAugmenter:
         img = F.pad(x.view(b, h, w), (s, s, s, s))
         rows = (s - shifts[:, :1]) + torch.arange(h, device=x.device)  # (b, h)
         cols = (s - shifts[:, 1:]) + torch.arange(w, device=x.device)  # (b, w)
-        batch = torch.arange(b, device=x.device)[:, None, None]
-        moved = img[batch, rows[:, :, None], cols[:, None, :]].reshape(b, h * w)
-        level = (moved[:, :, None] >= self.edges).sum(-1)
-        return self.codes[level].reshape(b, -1)
+        # Rows, then columns: two gathers along one axis each are faster than one
+        # three-index gather.
+        moved = torch.gather(img, 1, rows[:, :, None].expand(b, h, w + 2 * s))
+        moved = torch.gather(moved, 2, cols[:, None, :].expand(b, h, w)).reshape(b, h * w)
+        above = moved[:, :, None] >= self.edges  # (b, features, levels - 1)
+        if self.thermometer:
+            return above.view(torch.int8).reshape(b, -1).float().mul_(2).sub_(1)  # bytes: faster
+        return self.codes[above.sum(-1)].reshape(b, -1)
 
 
 def validate_targets(

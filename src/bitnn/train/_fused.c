@@ -1,0 +1,167 @@
+/* Fused passes over round 2's latent weights W for training at precision bfloat16
+ * (bitnn.train.layers._ExactBitLinear). PyTorch takes three to four passes over the weights
+ * for each of these, and with four layers of millions of weights they cost as much per step
+ * as the matmuls; here each is one pass.
+ *
+ *   signs(W)        -> sign(W) as int8 (the forward's exact int8 product) and as bfloat16 (the
+ *                      backward's bfloat16 product), +1 where W >= 0 (also -0), else -1.
+ *   tanh_grad(G, W) -> float(G) * (1 - tanh(W)^2): the gradient of sign(tanh(W)) taken
+ *                      straight through tanh, from G = dL/dsign in bfloat16.
+ *
+ * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, chosen
+ * here from the CPU), within a few units in the last place of PyTorch's tanh. Single-threaded
+ * on purpose: right after a PyTorch op (as in training) a second thread of ours was slower, not
+ * faster, most likely competing with PyTorch's OpenMP workers that keep spinning for a while
+ * (2 cores, the four MNIST layers' tanh' with cold caches: 2.5 ms on one thread, 4.0 ms on
+ * two). Addresses come from Python (bitnn.train.layers checks dtypes, sizes and contiguity);
+ * the GIL is released while the loops run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+__m512 _ZGVeN16v_tanhf(__m512);
+__m256 _ZGVdN8v_tanhf(__m256);
+__m128 _ZGVbN4v_tanhf(__m128);
+
+static float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The vector loops stop before the last partial vector; the tail goes through the same
+ * vector function from a zero-padded copy, so every element gets the same tanh. */
+#define TAIL(LANES, BODY)                                                                      \
+    if (i < n) {                                                                               \
+        float wt[LANES] = {0}, ot[LANES];                                                      \
+        uint16_t gt[LANES] = {0};                                                              \
+        memcpy(wt, w + i, (size_t)(n - i) * sizeof *w);                                        \
+        memcpy(gt, g + i, (size_t)(n - i) * sizeof *g);                                        \
+        {                                                                                      \
+            const float *wp = wt;                                                              \
+            const uint16_t *gp = gt;                                                           \
+            float *op = ot;                                                                    \
+            BODY                                                                               \
+        }                                                                                      \
+        memcpy(out + i, ot, (size_t)(n - i) * sizeof *out);                                    \
+    }
+
+__attribute__((target("avx512f"))) static void tanh_grad_avx512(const float *w, const uint16_t *g,
+                                                                 float *out, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+#define BODY512                                                                                \
+    __m512 gv = _mm512_castsi512_ps(                                                           \
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)gp)), 16)); \
+    __m512 t = _ZGVeN16v_tanhf(_mm512_loadu_ps(wp));                                           \
+    _mm512_storeu_ps(op, _mm512_mul_ps(gv, _mm512_sub_ps(one, _mm512_mul_ps(t, t))));
+    for (; i + 16 <= n; i += 16) {
+        const float *wp = w + i;
+        const uint16_t *gp = g + i;
+        float *op = out + i;
+        BODY512
+    }
+    TAIL(16, BODY512)
+}
+
+__attribute__((target("avx2"))) static void tanh_grad_avx2(const float *w, const uint16_t *g,
+                                                            float *out, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+#define BODY256                                                                                \
+    __m256 gv = _mm256_castsi256_ps(                                                           \
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)gp)), 16));    \
+    __m256 t = _ZGVdN8v_tanhf(_mm256_loadu_ps(wp));                                            \
+    _mm256_storeu_ps(op, _mm256_mul_ps(gv, _mm256_sub_ps(one, _mm256_mul_ps(t, t))));
+    for (; i + 8 <= n; i += 8) {
+        const float *wp = w + i;
+        const uint16_t *gp = g + i;
+        float *op = out + i;
+        BODY256
+    }
+    TAIL(8, BODY256)
+}
+
+static void tanh_grad_sse(const float *w, const uint16_t *g, float *out, int64_t n) {
+    const __m128 one = _mm_set1_ps(1.0f);
+    int64_t i = 0;
+#define BODY128                                                                                \
+    __m128 gv = _mm_setr_ps(bf16_to_float(gp[0]), bf16_to_float(gp[1]), bf16_to_float(gp[2]),  \
+                            bf16_to_float(gp[3]));                                             \
+    __m128 t = _ZGVbN4v_tanhf(_mm_loadu_ps(wp));                                               \
+    _mm_storeu_ps(op, _mm_mul_ps(gv, _mm_sub_ps(one, _mm_mul_ps(t, t))));
+    for (; i + 4 <= n; i += 4) {
+        const float *wp = w + i;
+        const uint16_t *gp = g + i;
+        float *op = out + i;
+        BODY128
+    }
+    TAIL(4, BODY128)
+}
+
+/* Plain loops: the compiler vectorizes them for each target; the results are exact. */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void signs_loop(
+    const float *w, int8_t *s8, uint16_t *s16, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        int pos = w[i] >= 0.0f; /* -0 counts as positive, NaN as negative, as torch.ge */
+        s8[i] = pos ? 1 : -1;
+        s16[i] = pos ? 0x3F80 : 0xBF80; /* bfloat16 +1, -1 */
+    }
+}
+
+static const char *variant(void) {
+    static const char *chosen = NULL;
+    if (!chosen) {
+        __builtin_cpu_init();
+        chosen = __builtin_cpu_supports("avx512f") ? "avx512"
+                 : __builtin_cpu_supports("avx2")  ? "avx2"
+                                                   : "sse";
+    }
+    return chosen;
+}
+
+static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
+    unsigned long long w, g, out;
+    long long n;
+    if (!PyArg_ParseTuple(args, "KKKL", &w, &g, &out, &n)) return NULL;
+    const char *v = variant();
+    Py_BEGIN_ALLOW_THREADS
+    if (v[3] == '5') tanh_grad_avx512((const float *)w, (const uint16_t *)g, (float *)out, n);
+    else if (v[3] == '2') tanh_grad_avx2((const float *)w, (const uint16_t *)g, (float *)out, n);
+    else tanh_grad_sse((const float *)w, (const uint16_t *)g, (float *)out, n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_signs(PyObject *self, PyObject *args) {
+    unsigned long long w, s8, s16;
+    long long n;
+    if (!PyArg_ParseTuple(args, "KKKL", &w, &s8, &s16, &n)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    signs_loop((const float *)w, (int8_t *)s8, (uint16_t *)s16, n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_variant(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(variant()); }
+
+static PyMethodDef methods[] = {
+    {"tanh_grad", py_tanh_grad, METH_VARARGS, "out = float(G) * (1 - tanh(W)^2) (addresses, n)."},
+    {"signs", py_signs, METH_VARARGS, "sign(W) as int8 and as bfloat16 (addresses, n)."},
+    {"variant", py_variant, METH_NOARGS, "The vector width this CPU runs: avx512, avx2 or sse."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+
+#else
+#error "bitnn.train._fused is written for x86-64 (glibc's libmvec); elsewhere PyTorch's ops run"
+#endif
