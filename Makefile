@@ -23,5 +23,5 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-clean:
-	rm -rf build src/*.egg-info src/bitnn/*.so
+clean:  # the compiled kernels too, and the stamp, so that the next run builds them again
+	rm -rf build src/*.egg-info src/bitnn/*/*.so $(STAMP)
