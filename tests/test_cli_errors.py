@@ -362,6 +362,48 @@ def test_a_training_stop_in_the_command_decides_the_outcome(entry):
     assert interrupts.state == {"ignore": True, "training": None}
 
 
+def test_a_stop_asked_after_the_last_batch_leaves_ctrl_c_working(entry):
+    """The loop sees no stop after its last batch: the run ends normally, and the next Ctrl-C
+    must interrupt (it aborts, as the stop's message promised), not be ignored."""
+    interrupts.install()
+    flag = {"stop": False}
+    with interrupts.TrainingStop(flag, lambda: None):
+        signal.raise_signal(signal.SIGINT)  # during the last batch: a stop nobody acts on
+    assert interrupts.state == {"ignore": False, "training": None}
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_an_error_report_is_not_cut_by_ctrl_c(entry, tmp_path, capsys):
+    interrupts.install()
+    assert main(["info", str(tmp_path / "missing.bnn")]) == 2
+    signal.raise_signal(signal.SIGINT)  # while or after the one-line report: ignored
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_usage_error_switches_ctrl_c_off_too(entry, monkeypatch):
+    entry, exits = entry
+
+    def usage_error():
+        raise SystemExit(2)  # what argparse does
+
+    monkeypatch.setattr(cli, "main", usage_error)
+    with pytest.raises(SystemExit):
+        entry.run()
+    assert exits == []  # argparse's own exit, passed on
+    signal.raise_signal(signal.SIGINT)  # e.g. during the interpreter's teardown: ignored
+
+
+def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it(entry):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, a background job
+    interrupts.install()
+    flag = {"stop": False}
+    with interrupts.TrainingStop(flag, lambda: None):
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+    assert not flag["stop"]
+
+
 def test_a_training_stop_in_a_library_restores_python_s_ctrl_c(entry):
     flag = {"stop": False}
     with interrupts.TrainingStop(flag, lambda: None):

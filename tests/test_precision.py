@@ -119,6 +119,19 @@ def test_compiled_tanh_grad_is_pytorch_s_within_a_few_ulp(n, monkeypatch):
 
 
 @compiled
+def test_compiled_passes_write_on_the_cpu_whatever_the_default_device():
+    """A default device elsewhere (a notebook's torch.set_default_device) must not send the
+    outputs there: the C loops would write through a pointer that is not host memory."""
+    w = _latent(100)
+    g = torch.randn(100).to(torch.bfloat16)
+    with torch.device("meta"):
+        wi, wb = layers._latent_signs(w)
+        grad = layers._latent_grad(g, w)
+    assert wi.device.type == wb.device.type == grad.device.type == "cpu"
+    assert torch.equal(wi, layers._int8_signs(w))
+
+
+@compiled
 def test_compiled_passes_refuse_a_gradient_of_another_shape():
     w = torch.zeros(4, 5)
     with pytest.raises(ValueError, match="bfloat16 gradient"):
@@ -182,6 +195,11 @@ def test_keep_masks_keep_1_minus_p_with_independent_neighbours(p):
     for lag in (1, 2, 3, 4):  # the correlation of units `lag` apart
         r = (flat[:-lag] * flat[lag:]).mean() / flat.var()
         assert abs(r.item()) < 0.005
+
+
+def test_keep_masks_keep_nothing_when_p_rounds_to_1():
+    assert not keep_mask(torch.empty(10, 10), 1 - 2**-18).any()  # not a wrapped threshold
+    assert keep_mask(torch.empty(1000), 1 - 2**-16).float().mean() < 0.01
 
 
 def _blobs(n=400, seed=0):

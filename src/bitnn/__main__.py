@@ -25,6 +25,9 @@ def run() -> None:
         interrupts.state["ignore"] = True
         print("bitnn: interrupted", file=sys.stderr)
         status = 130
+    except SystemExit:  # argparse: a usage error or --help, already reported
+        interrupts.state["ignore"] = True
+        raise
     if status == 130:
         # Leave without the interpreter's teardown: a library interrupted halfway through
         # loading (PyTorch's C++ side) may abort there instead of exiting.

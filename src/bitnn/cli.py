@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bitnn import __version__
+from bitnn import __version__, interrupts
 from bitnn.errors import BitnnError, InputError, TrainingInterrupted
 from bitnn.io import load_model, save_model
 from bitnn.network import BitNetwork
@@ -1172,8 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush is silent
         return 141
     except (Exception, KeyboardInterrupt) as exc:
-        # In the bitnn command a Ctrl-C that raised, or a completed training stop, has
-        # already switched further Ctrl-C off (bitnn.interrupts): the report stands.
+        interrupts.state["ignore"] = True  # the bitnn command's Ctrl-C: the report stands
         if debug:
             traceback.print_exc()
         message, status = _one_line(exc, args)

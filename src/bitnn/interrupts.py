@@ -29,51 +29,54 @@ def _on_ctrl_c(signum, frame) -> None:
         return
     training = state["training"]
     if training is not None and not training[0]["stop"]:
-        _request_stop(*training)
+        training[0]["stop"] = True  # before any call: a Ctrl-C at announce() then aborts
+        training[1]()
         return
     state["ignore"] = True
     raise KeyboardInterrupt
 
 
-def _request_stop(flag: dict, announce) -> None:
-    flag["stop"] = True
-    announce()
-
-
 def install() -> None:
-    """Make this process follow the command's rule (the ``bitnn`` entry point does this)."""
+    """Make this process follow the command's rule (the ``bitnn`` entry point does this),
+    unless it was started with Ctrl-C ignored (``nohup``, a background job): that stays."""
     state["ignore"], state["training"] = False, None
-    signal.signal(signal.SIGINT, _on_ctrl_c)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_ctrl_c)
 
 
 class TrainingStop:
     """``with TrainingStop(flag, announce):`` the first Ctrl-C sets ``flag["stop"]`` and calls
     ``announce()`` (the training stops after its batch and saves a checkpoint); a second one
-    raises KeyboardInterrupt. Outside the main thread Ctrl-C is not this block's to handle."""
+    raises KeyboardInterrupt. Outside the main thread, or where Ctrl-C is ignored, Ctrl-C is
+    not this block's to handle."""
 
     def __init__(self, flag: dict, announce) -> None:
-        self.flag, self.announce, self.previous = flag, announce, None
+        self.flag, self.announce = flag, announce
+        self.swapped, self.previous = False, None
 
     def __enter__(self) -> TrainingStop:
         import threading  # loaded long before any training; kept off the start-up path
 
         if threading.current_thread() is not threading.main_thread():
             return self
-        if signal.getsignal(signal.SIGINT) is _on_ctrl_c:  # inside the bitnn command
+        current = signal.getsignal(signal.SIGINT)
+        if current is _on_ctrl_c:  # inside the bitnn command
             state["training"] = (self.flag, self.announce)
-        else:
+        elif current is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._library_handler)
+            self.swapped = True
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.swapped:  # None: a handler not set from Python; Python's own is the closest
+            signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
         elif state["training"] is not None and state["training"][0] is self.flag:
-            if self.flag["stop"]:  # the stop completed (or is aborting): outcome decided
+            if exc_type is not None:  # a stop or an abort on its way out: outcome decided
                 state["ignore"] = True
-            state["training"] = None
+            state["training"] = None  # a stop asked after the last batch: Ctrl-C interrupts
 
     def _library_handler(self, signum, frame) -> None:
         if self.flag["stop"]:
             raise KeyboardInterrupt
-        _request_stop(self.flag, self.announce)
+        self.flag["stop"] = True
+        self.announce()

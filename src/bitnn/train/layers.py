@@ -129,9 +129,9 @@ def _latent_signs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not _fusable(w):
         wi = _int8_signs(w)
         return wi, wi.to(torch.bfloat16)
-    w = w.contiguous()
-    wi = torch.empty(w.shape, dtype=torch.int8)
-    wb = torch.empty(w.shape, dtype=torch.bfloat16)
+    w = w.contiguous()  # outputs on w's device (the CPU), whatever the default device is
+    wi = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    wb = torch.empty(w.shape, dtype=torch.bfloat16, device=w.device)
     with torch.profiler.record_function("bitnn_fused::signs"):  # named in profiles
         _fused.signs(w.data_ptr(), wi.data_ptr(), wb.data_ptr(), w.numel())
     return wi, wb
@@ -143,10 +143,10 @@ def _latent_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     else PyTorch's ops."""
     if not _fusable(w):
         return torch.ops.aten.tanh_backward(grad.float(), torch.tanh(w))
-    if grad.shape != w.shape or grad.dtype != torch.bfloat16:  # the C loop reads it blindly
-        raise ValueError(f"_latent_grad needs a {tuple(w.shape)} bfloat16 gradient")
-    w, grad = w.contiguous(), grad.contiguous()
-    out = torch.empty(w.shape, dtype=torch.float32)
+    if grad.shape != w.shape or grad.dtype != torch.bfloat16 or grad.device != w.device:
+        raise ValueError(f"_latent_grad needs a {tuple(w.shape)} bfloat16 gradient on the CPU")
+    w, grad = w.contiguous(), grad.contiguous()  # the C loop reads them as flat arrays
+    out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
     with torch.profiler.record_function("bitnn_fused::tanh_grad"):
         _fused.tanh_grad(w.data_ptr(), grad.data_ptr(), out.data_ptr(), w.numel())
     return out
@@ -194,10 +194,13 @@ def keep_mask(h: torch.Tensor, p: float) -> torch.Tensor:
     (at most 7.7e-6 away): each 64-bit draw of the generator gives four 16-bit uniform
     integers, each compared with a threshold. On the CPU the generator runs serially and
     was a seventh of a round-2 step at batch 400 with one float draw per unit."""
+    threshold = round(p * 65536) - 32768
+    if threshold > 32767:  # p within 2**-17 of 1: nothing is kept (not a wrapped int16)
+        return torch.zeros(h.shape, dtype=torch.bool, device=h.device)
     n = h.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=h.device)
     words.random_(-(2**63), 2**63 - 1)  # the whole 64-bit range (one value short)
-    return words.view(torch.int16)[:n].view(h.shape) >= round(p * 65536) - 32768
+    return words.view(torch.int16)[:n].view(h.shape) >= threshold
 
 
 def sign_activation(z: torch.Tensor) -> torch.Tensor:
