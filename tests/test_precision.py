@@ -107,15 +107,23 @@ def test_compiled_signs_are_pytorch_s_signs(n, monkeypatch):
 @pytest.mark.parametrize("n", [1, 7, 16, 33, 1000, 16 * 4099 + 5])
 def test_compiled_tanh_grad_is_pytorch_s_within_a_few_ulp(n, monkeypatch):
     """float(G) * (1 - tanh(W)^2) with libmvec's tanh: the same up to rounding (where tanh is
-    near +-1 the difference of two nearby numbers magnifies it; bounded here absolutely)."""
+    near +-1 the difference of two nearby numbers magnifies it; bounded here absolutely), in
+    every vector width this CPU runs (the widest is the one training uses)."""
     w = _latent(max(n, 8))[:n]
     g = torch.randn(n, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     got = layers._latent_grad(g, w)
+    variants = layers._fused.variants()  # narrowest first
+    widths = {}
+    for variant in variants:
+        widths[variant] = torch.empty(n)
+        layers._fused.tanh_grad(w.data_ptr(), g.data_ptr(), widths[variant].data_ptr(), n, variant)
     monkeypatch.setattr(layers, "_fused", None)
     want = layers._latent_grad(g, w)
     assert got.dtype == torch.float32 and got.shape == w.shape
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert torch.all(got[4:8] == 0)  # +-40 and +-inf: tanh' is 0
+    for out in (got, *widths.values()):
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        assert torch.all(out[4:8] == 0)  # +-40 and +-inf: tanh' is 0
+    assert torch.equal(got, widths[variants[-1]])  # training uses the widest
 
 
 @compiled
@@ -129,6 +137,12 @@ def test_compiled_passes_write_on_the_cpu_whatever_the_default_device():
         grad = layers._latent_grad(g, w)
     assert wi.device.type == wb.device.type == grad.device.type == "cpu"
     assert torch.equal(wi, layers._int8_signs(w))
+
+
+@compiled
+def test_compiled_tanh_grad_refuses_a_variant_this_cpu_lacks():
+    with pytest.raises(ValueError, match="no variant avx9"):
+        layers._fused.tanh_grad(0, 0, 0, 0, "avx9")
 
 
 @compiled

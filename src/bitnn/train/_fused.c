@@ -8,8 +8,8 @@
  *   tanh_grad(G, W) -> float(G) * (1 - tanh(W)^2): the gradient of sign(tanh(W)) taken
  *                      straight through tanh, from G = dL/dsign in bfloat16.
  *
- * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, chosen
- * here from the CPU), within a few units in the last place of PyTorch's tanh. Single-threaded
+ * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, the
+ * widest the CPU runs), within a few units in the last place of PyTorch's tanh. Single-threaded
  * on purpose: right after a PyTorch op (as in training) a second thread of ours was slower, not
  * faster, most likely competing with PyTorch's OpenMP workers that keep spinning for a while
  * (2 cores, the four MNIST layers' tanh' with cold caches: 2.5 ms on one thread, 4.0 ms on
@@ -35,74 +35,61 @@ static float bf16_to_float(uint16_t h) {
     return f;
 }
 
-/* The vector loops stop before the last partial vector; the tail goes through the same
- * vector function from a zero-padded copy, so every element gets the same tanh. */
-#define TAIL(LANES, BODY)                                                                      \
+/* One tanh_grad loop per vector width: BODY reads LANES elements at wp and gp and writes LANES
+ * at op. The last partial vector goes through the same BODY from a zero-padded copy, so every
+ * element gets the same tanh. */
+#define TANH_GRAD_LOOP(LANES, BODY)                                                            \
+    int64_t i = 0;                                                                             \
+    for (; i + LANES <= n; i += LANES) {                                                       \
+        const float *wp = w + i;                                                               \
+        const uint16_t *gp = g + i;                                                            \
+        float *op = out + i;                                                                   \
+        BODY                                                                                   \
+    }                                                                                          \
     if (i < n) {                                                                               \
         float wt[LANES] = {0}, ot[LANES];                                                      \
         uint16_t gt[LANES] = {0};                                                              \
         memcpy(wt, w + i, (size_t)(n - i) * sizeof *w);                                        \
         memcpy(gt, g + i, (size_t)(n - i) * sizeof *g);                                        \
-        {                                                                                      \
-            const float *wp = wt;                                                              \
-            const uint16_t *gp = gt;                                                           \
-            float *op = ot;                                                                    \
-            BODY                                                                               \
-        }                                                                                      \
+        const float *wp = wt;                                                                  \
+        const uint16_t *gp = gt;                                                               \
+        float *op = ot;                                                                        \
+        BODY                                                                                   \
         memcpy(out + i, ot, (size_t)(n - i) * sizeof *out);                                    \
     }
+
+typedef void (*tanh_grad_fn)(const float *w, const uint16_t *g, float *out, int64_t n);
 
 __attribute__((target("avx512f"))) static void tanh_grad_avx512(const float *w, const uint16_t *g,
                                                                  float *out, int64_t n) {
     const __m512 one = _mm512_set1_ps(1.0f);
-    int64_t i = 0;
-#define BODY512                                                                                \
-    __m512 gv = _mm512_castsi512_ps(                                                           \
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)gp)), 16)); \
-    __m512 t = _ZGVeN16v_tanhf(_mm512_loadu_ps(wp));                                           \
-    _mm512_storeu_ps(op, _mm512_mul_ps(gv, _mm512_sub_ps(one, _mm512_mul_ps(t, t))));
-    for (; i + 16 <= n; i += 16) {
-        const float *wp = w + i;
-        const uint16_t *gp = g + i;
-        float *op = out + i;
-        BODY512
-    }
-    TAIL(16, BODY512)
+    TANH_GRAD_LOOP(16, {
+        __m512i g32 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)gp));
+        __m512 gv = _mm512_castsi512_ps(_mm512_slli_epi32(g32, 16));
+        __m512 t = _ZGVeN16v_tanhf(_mm512_loadu_ps(wp));
+        _mm512_storeu_ps(op, _mm512_mul_ps(gv, _mm512_sub_ps(one, _mm512_mul_ps(t, t))));
+    })
 }
 
 __attribute__((target("avx2"))) static void tanh_grad_avx2(const float *w, const uint16_t *g,
                                                             float *out, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.0f);
-    int64_t i = 0;
-#define BODY256                                                                                \
-    __m256 gv = _mm256_castsi256_ps(                                                           \
-        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)gp)), 16));    \
-    __m256 t = _ZGVdN8v_tanhf(_mm256_loadu_ps(wp));                                            \
-    _mm256_storeu_ps(op, _mm256_mul_ps(gv, _mm256_sub_ps(one, _mm256_mul_ps(t, t))));
-    for (; i + 8 <= n; i += 8) {
-        const float *wp = w + i;
-        const uint16_t *gp = g + i;
-        float *op = out + i;
-        BODY256
-    }
-    TAIL(8, BODY256)
+    TANH_GRAD_LOOP(8, {
+        __m256i g32 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)gp));
+        __m256 gv = _mm256_castsi256_ps(_mm256_slli_epi32(g32, 16));
+        __m256 t = _ZGVdN8v_tanhf(_mm256_loadu_ps(wp));
+        _mm256_storeu_ps(op, _mm256_mul_ps(gv, _mm256_sub_ps(one, _mm256_mul_ps(t, t))));
+    })
 }
 
 static void tanh_grad_sse(const float *w, const uint16_t *g, float *out, int64_t n) {
     const __m128 one = _mm_set1_ps(1.0f);
-    int64_t i = 0;
-#define BODY128                                                                                \
-    __m128 gv = _mm_setr_ps(bf16_to_float(gp[0]), bf16_to_float(gp[1]), bf16_to_float(gp[2]),  \
-                            bf16_to_float(gp[3]));                                             \
-    __m128 t = _ZGVbN4v_tanhf(_mm_loadu_ps(wp));                                               \
-    _mm_storeu_ps(op, _mm_mul_ps(gv, _mm_sub_ps(one, _mm_mul_ps(t, t))));
-    for (; i + 4 <= n; i += 4) {
-        const float *wp = w + i;
-        const uint16_t *gp = g + i;
-        float *op = out + i;
-        BODY128
-    }
-    TAIL(4, BODY128)
+    TANH_GRAD_LOOP(4, {
+        __m128 gv = _mm_setr_ps(bf16_to_float(gp[0]), bf16_to_float(gp[1]), bf16_to_float(gp[2]),
+                                bf16_to_float(gp[3]));
+        __m128 t = _ZGVbN4v_tanhf(_mm_loadu_ps(wp));
+        _mm_storeu_ps(op, _mm_mul_ps(gv, _mm_sub_ps(one, _mm_mul_ps(t, t))));
+    })
 }
 
 /* Plain loops: the compiler vectorizes them for each target; the results are exact. */
@@ -115,26 +102,39 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void signs_l
     }
 }
 
-static const char *variant(void) {
-    static const char *chosen = NULL;
-    if (!chosen) {
-        __builtin_cpu_init();
-        chosen = __builtin_cpu_supports("avx512f") ? "avx512"
-                 : __builtin_cpu_supports("avx2")  ? "avx2"
-                                                   : "sse";
-    }
-    return chosen;
+/* The variants, narrowest first; the widest one the CPU runs is used unless a test names one. */
+static const struct {
+    const char *name, *feature;
+    tanh_grad_fn tanh_grad;
+} VARIANTS[] = {
+    {"sse", NULL, tanh_grad_sse},
+    {"avx2", "avx2", tanh_grad_avx2},
+    {"avx512", "avx512f", tanh_grad_avx512},
+};
+#define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
+
+static int supported(int v) {
+    __builtin_cpu_init();
+    if (!VARIANTS[v].feature) return 1;
+    /* __builtin_cpu_supports takes only string literals */
+    return v == 1 ? __builtin_cpu_supports("avx2") : __builtin_cpu_supports("avx512f");
 }
 
 static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
     unsigned long long w, g, out;
     long long n;
-    if (!PyArg_ParseTuple(args, "KKKL", &w, &g, &out, &n)) return NULL;
-    const char *v = variant();
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "KKKL|s", &w, &g, &out, &n, &name)) return NULL;
+    int v;
+    if (name) {
+        for (v = 0; v < N_VARIANTS && strcmp(VARIANTS[v].name, name) != 0; v++) {}
+        if (v == N_VARIANTS || !supported(v))
+            return PyErr_Format(PyExc_ValueError, "tanh_grad: no variant %s on this CPU", name);
+    } else {
+        for (v = N_VARIANTS - 1; v > 0 && !supported(v); v--) {}
+    }
     Py_BEGIN_ALLOW_THREADS
-    if (v[3] == '5') tanh_grad_avx512((const float *)w, (const uint16_t *)g, (float *)out, n);
-    else if (v[3] == '2') tanh_grad_avx2((const float *)w, (const uint16_t *)g, (float *)out, n);
-    else tanh_grad_sse((const float *)w, (const uint16_t *)g, (float *)out, n);
+    VARIANTS[v].tanh_grad((const float *)w, (const uint16_t *)g, (float *)out, n);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -149,12 +149,22 @@ static PyObject *py_signs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_variant(PyObject *self, PyObject *noargs) { return PyUnicode_FromString(variant()); }
+static PyObject *py_variants(PyObject *self, PyObject *noargs) {
+    PyObject *list = PyList_New(0);
+    for (int v = 0; list && v < N_VARIANTS; v++) {
+        if (!supported(v)) continue;
+        PyObject *name = PyUnicode_FromString(VARIANTS[v].name);
+        if (!name || PyList_Append(list, name) < 0) Py_CLEAR(list);
+        Py_XDECREF(name);
+    }
+    return list;
+}
 
 static PyMethodDef methods[] = {
-    {"tanh_grad", py_tanh_grad, METH_VARARGS, "out = float(G) * (1 - tanh(W)^2) (addresses, n)."},
+    {"tanh_grad", py_tanh_grad, METH_VARARGS,
+     "out = float(G) * (1 - tanh(W)^2) (addresses, n[, variant]): the widest variant unless named."},
     {"signs", py_signs, METH_VARARGS, "sign(W) as int8 and as bfloat16 (addresses, n)."},
-    {"variant", py_variant, METH_NOARGS, "The vector width this CPU runs: avx512, avx2 or sse."},
+    {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
     {NULL, NULL, 0, NULL},
 };
 
