@@ -302,6 +302,14 @@ def test_report_labels_must_be_class_ids(w, capsys):
     assert "labels must be class ids 0..2" in error_of(capsys, argv)  # was a UFuncTypeError
 
 
+def _ctrl_c_is_ignored():
+    """Send this process a Ctrl-C and fail (rather than stop pytest) if it interrupts."""
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C interrupted where it must be ignored")
+
+
 @pytest.fixture
 def entry(monkeypatch):
     """bitnn.__main__ run in this process, with its exits recorded instead of taken."""
@@ -329,7 +337,7 @@ def test_a_ctrl_c_after_the_outcome_is_decided_is_ignored(entry, monkeypatch):
     with pytest.raises(SystemExit):
         entry.run()
     assert exits == [0]
-    signal.raise_signal(signal.SIGINT)  # the command's handler is still in place: ignored
+    _ctrl_c_is_ignored()  # the command's handler is still in place: ignored
     assert signal.getsignal(signal.SIGINT) is interrupts._on_ctrl_c
 
 
@@ -345,7 +353,7 @@ def test_a_ctrl_c_before_the_command_boundary_is_one_line(entry, monkeypatch, ca
         entry.run()
     assert exits == [130]
     assert capsys.readouterr().err == "bitnn: interrupted\n"
-    signal.raise_signal(signal.SIGINT)  # decided: a second one is ignored
+    _ctrl_c_is_ignored()  # decided: a second one is ignored
 
 
 def test_a_training_stop_in_the_command_decides_the_outcome(entry):
@@ -358,7 +366,7 @@ def test_a_training_stop_in_the_command_decides_the_outcome(entry):
             assert flag["stop"] and said == ["stopping"]
             signal.raise_signal(signal.SIGINT)
             pytest.fail("a second Ctrl-C did not abort")
-    signal.raise_signal(signal.SIGINT)  # ignored from now on
+    _ctrl_c_is_ignored()  # ignored from now on
     assert interrupts.state == {"ignore": True, "training": None}
 
 
@@ -377,7 +385,7 @@ def test_a_stop_asked_after_the_last_batch_leaves_ctrl_c_working(entry):
 def test_an_error_report_is_not_cut_by_ctrl_c(entry, tmp_path, capsys):
     interrupts.install()
     assert main(["info", str(tmp_path / "missing.bnn")]) == 2
-    signal.raise_signal(signal.SIGINT)  # while or after the one-line report: ignored
+    _ctrl_c_is_ignored()  # while or after the one-line report: ignored
     assert capsys.readouterr().err.count("\n") == 1
 
 
@@ -391,7 +399,7 @@ def test_a_usage_error_switches_ctrl_c_off_too(entry, monkeypatch):
     with pytest.raises(SystemExit):
         entry.run()
     assert exits == []  # argparse's own exit, passed on
-    signal.raise_signal(signal.SIGINT)  # e.g. during the interpreter's teardown: ignored
+    _ctrl_c_is_ignored()  # e.g. during the interpreter's teardown: ignored
 
 
 def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it(entry):
@@ -400,7 +408,7 @@ def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it(entry):
     flag = {"stop": False}
     with interrupts.TrainingStop(flag, lambda: None):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        signal.raise_signal(signal.SIGINT)
+        _ctrl_c_is_ignored()
     assert not flag["stop"]
 
 
