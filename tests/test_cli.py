@@ -242,8 +242,16 @@ def test_presets_carry_the_paper_architecture_for_mnist():
     assert values["hidden"] == (1024, 1024, 1024) and values["bias_kind"] == "bias"
     assert spec.startswith("quantile:")
     assert values["augment_shift"] == 2 and values["image_shape"] == (28, 28)
+    # the fast recipe of issue #14 (batches of 400, 3x the rates, bfloat16 where fast)
+    recipe = {"batch_size": 400, "lr_round1": 0.03, "lr_round2": 0.009, "precision": "auto"}
+    assert {k: values[k] for k in recipe} == recipe
+    assert (values["epochs_round1"], values["epochs_round2"]) == (30, 90)
     values, _ = resolve("best", {}, None, "mnist")
     assert values["hidden"] == (2048, 2048, 2048) and values["bias_kind"] == "threshold"
+    assert {k: values[k] for k in recipe} == recipe
+    assert (values["epochs_round1"], values["epochs_round2"]) == (30, 60)
+    # denoising and keyword presets keep the trainer's own precision
+    assert "precision" not in resolve("best", {}, None, "denoise")[0]
     values, _ = resolve("best", {"hidden": (64,), "epochs_round1": 1}, None, "mnist")
     assert values["hidden"] == (64,) and values["epochs_round1"] == 1
     values, _ = resolve(None, {"seed": 3}, None, "mnist")  # the images' shape, preset or not

@@ -296,8 +296,24 @@ def test_a_resume_at_another_precision_says_so(tmp_path, monkeypatch):
     assert "trained at precision bfloat16 before and resumes at float32" in text
 
 
+@pytest.mark.parametrize("fast_here", [True, False])
+def test_auto_precision_is_bfloat16_where_fast_and_float32_without_a_warning(
+    monkeypatch, fast_here
+):
+    monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: fast_here)
+    X, y = _blobs()
+    with contextlib.redirect_stderr(stdio.StringIO()), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        net = train_network(X, y, _cfg(precision="auto"), QuantileBinarizer(2), threads=1)
+    assert not [m for m in w if "bfloat16" in str(m.message)]
+    training = net.metadata["training"]
+    assert training["precision"] == ("bfloat16" if fast_here else "float32")
+    assert training["config"]["precision"] == "auto"  # what was asked, beside what it ran at
+    assert trainer_module.resolve_precision("auto", torch.device("meta")) == "float32"
+
+
 def test_precision_is_checked_and_old_configs_read_as_float32():
-    with pytest.raises(InputError, match="precision must be float32 or bfloat16"):
+    with pytest.raises(InputError, match="precision must be float32, bfloat16 or auto"):
         TrainConfig(precision="float16")
     old = TrainConfig().to_json()
     del old["precision"]

@@ -49,8 +49,9 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
         "--precision",
         "precision",
         str,
-        "float32, or bfloat16: faster matmuls on CPUs with "
-        "bfloat16 dot products (AMX, AVX512-BF16); round 2's forward stays exact",
+        "float32; bfloat16: faster matmuls on CPUs with "
+        "bfloat16 dot products (AMX, AVX512-BF16), round 2's forward stays exact; "
+        "auto: bfloat16 where fast, else float32",
     ),
 ]
 

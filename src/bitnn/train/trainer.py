@@ -184,8 +184,11 @@ def fast_bfloat16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """The precision a run trains at: ``bfloat16`` only on a CPU with fast bfloat16; elsewhere
-    float32, with one warning saying why (never silently)."""
+    """The precision a run trains at. ``bfloat16`` only on a CPU with fast bfloat16; elsewhere
+    float32, with one warning saying why (never silently). ``auto`` (the MNIST presets):
+    bfloat16 where it is fast, float32 without a warning elsewhere."""
+    if name == "auto":
+        return "bfloat16" if device.type == "cpu" and fast_bfloat16() else "float32"
     if name != "bfloat16":
         return "float32"
     if device.type != "cpu":
