@@ -61,18 +61,19 @@ POST_FILTERS = {
 
 
 def speed_perturbed(
-    noises: dict[str, list[Path]], speeds: str, audio: AudioCache, folder: Path
+    groups: dict[str, list[Path]], speeds: str, audio: AudioCache, folder: Path
 ) -> dict[str, list[Path]]:
-    """Each noise type plus copies of its files sped up or slowed down (pitch moves too)."""
+    """Each voice or noise type plus copies of its files sped up or slowed down (pitch and
+    formants move too: a sped-up voice sounds like another, smaller speaker)."""
     out = {}
-    for kind, files in noises.items():
+    for kind, files in groups.items():
         out[kind] = list(files)
-        for f in files:
+        for i, f in enumerate(files):  # i: stems repeat across a voice's folders
             x = audio(f)
             for speed in (float(v) for v in speeds.split(",")):
                 # read at rate*speed Hz, write at rate Hz: played `speed` times faster
                 y = resample(x, round(audio.rate * speed), audio.rate)
-                path = folder / f"{kind}-{f.stem}-x{speed:g}.wav"
+                path = folder / f"{kind}-{i}-{f.stem}-x{speed:g}.wav"
                 write_wav(path, y, audio.rate)
                 out[kind].append(path)
     return out
@@ -97,6 +98,12 @@ def main() -> int:
         default="",
         help="also train on copies of every training noise played this much faster or slower, "
         "e.g. 0.8,0.9,1.1,1.25 (written to a temporary folder)",
+    )
+    ap.add_argument(
+        "--speech-speeds",
+        default="",
+        help="also train on copies of every training utterance played this much faster or "
+        "slower, e.g. 0.9,1.1 (more voices from the same speakers)",
     )
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16 matmuls")
     ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
@@ -124,6 +131,8 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory()
         if args.noise_speeds:
             noises = speed_perturbed(noises, args.noise_speeds, audio, Path(tmp.name))
+        if args.speech_speeds:
+            voices = speed_perturbed(voices, args.speech_speeds, audio, Path(tmp.name))
         train = draw_mixtures(voices, noises, SNRS_DB, args.mixtures, 0, audio)  # own seed
         cfg = TrainConfig(
             hidden=(2048, 2048), bias_kind=args.bias_kind, output_bias_kind="bias",
