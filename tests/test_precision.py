@@ -302,12 +302,14 @@ def test_auto_precision_is_bfloat16_where_fast_and_float32_without_a_warning(
 ):
     monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: fast_here)
     X, y = _blobs()
-    with contextlib.redirect_stderr(stdio.StringIO()), warnings.catch_warnings(record=True) as w:
+    err = stdio.StringIO()
+    with contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         net = train_network(X, y, _cfg(precision="auto"), QuantileBinarizer(2), threads=1)
     assert not [m for m in w if "bfloat16" in str(m.message)]
     training = net.metadata["training"]
     assert training["precision"] == ("bfloat16" if fast_here else "float32")
+    assert f"precision auto: {training['precision']}" in err.getvalue()  # said at the start
     assert training["config"]["precision"] == "auto"  # what was asked, beside what it ran at
     assert trainer_module.resolve_precision("auto", torch.device("meta")) == "float32"
 

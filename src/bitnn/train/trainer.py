@@ -791,6 +791,7 @@ def train_network(
             if X_val is None and x_va is not None:
                 held += f" ({config.val_fraction:g} of the data, seeded)"
             threads = torch.get_num_threads() if trainer.device.type == "cpu" else None
+            auto_precision = trainer.config.precision == "auto"
             log(
                 f"data: {x_tr.shape[0]:,} training samples x {x_all.shape[1]} features "
                 f"-> {binarizer.n_bits_out_} input bits ({binarizer!r}), {targets}; {held}"
@@ -799,6 +800,7 @@ def train_network(
                 f"device: {trainer.device}"
                 + (f" ({threads} threads)" if threads else "")
                 + (f", {trainer.cluster.world} processes" if trainer.cluster.active else "")
+                + (f"; precision auto: {trainer.precision}" if auto_precision else "")
             )
         if resume:
             trainer.load_checkpoint_state(tensors, description)
