@@ -323,7 +323,8 @@ def entry(monkeypatch):
 
     monkeypatch.setattr(entry.sys, "exit", leave)
     monkeypatch.setattr(entry.os, "_exit", leave)
-    monkeypatch.setattr(interrupts, "state", {"ignore": False, "training": None})
+    fresh = {"ignore": False, "training": None, "held": 0, "pending": False}
+    monkeypatch.setattr(interrupts, "state", fresh)
     previous = signal.getsignal(signal.SIGINT)
     yield entry, exits
     signal.signal(signal.SIGINT, previous)
@@ -356,6 +357,26 @@ def test_a_ctrl_c_before_the_command_boundary_is_one_line(entry, monkeypatch, ca
     _ctrl_c_is_ignored()  # decided: a second one is ignored
 
 
+def test_a_ctrl_c_while_pytorch_loads_waits_until_it_has_loaded(entry):
+    """PyTorch's C++ start-up calls back into Python; a KeyboardInterrupt raised there aborted
+    the process ("terminate called after throwing ... pybind11::error_already_set")."""
+    interrupts.install()
+    loaded = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.Held():
+            with interrupts.Held():  # nested: only the outermost block's end interrupts
+                signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # a second one inside: still one interruption
+            loaded.append("the rest of the import ran")
+    assert loaded and interrupts.state["held"] == 0 and not interrupts.state["pending"]
+    _ctrl_c_is_ignored()  # decided: the one-line report stands
+    interrupts.install()
+    with interrupts.Held():
+        pass  # no Ctrl-C: nothing happens
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)  # outside a block: at once
+
+
 def test_a_training_stop_in_the_command_decides_the_outcome(entry):
     """First Ctrl-C: a clean stop; second: abort; after the stop, nothing more."""
     interrupts.install()
@@ -367,7 +388,7 @@ def test_a_training_stop_in_the_command_decides_the_outcome(entry):
             signal.raise_signal(signal.SIGINT)
             pytest.fail("a second Ctrl-C did not abort")
     _ctrl_c_is_ignored()  # ignored from now on
-    assert interrupts.state == {"ignore": True, "training": None}
+    assert interrupts.state == {"ignore": True, "training": None, "held": 0, "pending": False}
 
 
 def test_a_stop_asked_after_the_last_batch_leaves_ctrl_c_working(entry):
@@ -377,7 +398,7 @@ def test_a_stop_asked_after_the_last_batch_leaves_ctrl_c_working(entry):
     flag = {"stop": False}
     with interrupts.TrainingStop(flag, lambda: None):
         signal.raise_signal(signal.SIGINT)  # during the last batch: a stop nobody acts on
-    assert interrupts.state == {"ignore": False, "training": None}
+    assert interrupts.state == {"ignore": False, "training": None, "held": 0, "pending": False}
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
 

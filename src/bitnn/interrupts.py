@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import signal
 
-# ignore: the outcome is decided; training: (stop flag, announce) of the running training
-state = {"ignore": False, "training": None}
+# ignore: the outcome is decided; training: (stop flag, announce) of the running training;
+# held: inside Held() blocks (their Ctrl-C waits in pending until the block has finished)
+state = {"ignore": False, "training": None, "held": 0, "pending": False}
 
 
 def _on_ctrl_c(signum, frame) -> None:
     if state["ignore"]:
+        return
+    if state["held"]:
+        state["pending"] = True
         return
     training = state["training"]
     if training is not None and not training[0]["stop"]:
@@ -39,7 +43,7 @@ def _on_ctrl_c(signum, frame) -> None:
 def install() -> None:
     """Make this process follow the command's rule (the ``bitnn`` entry point does this),
     unless it was started with Ctrl-C ignored (``nohup``, a background job): that stays."""
-    state["ignore"], state["training"] = False, None
+    state["ignore"], state["training"], state["held"], state["pending"] = False, None, 0, False
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_ctrl_c)
 
@@ -80,3 +84,22 @@ class TrainingStop:
             raise KeyboardInterrupt
         self.flag["stop"] = True
         self.announce()
+
+
+class Held:
+    """``with Held():`` inside the bitnn command, a Ctrl-C during the block interrupts when
+    the block has finished instead of inside it. For loading PyTorch: its C++ start-up calls
+    back into Python, and a KeyboardInterrupt raised there aborts the whole process
+    ("terminate called after throwing an instance of 'pybind11::error_already_set'")."""
+
+    def __enter__(self) -> Held:
+        state["held"] += 1
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        state["held"] -= 1
+        if not state["held"] and state["pending"]:
+            state["pending"] = False
+            if exc_type is None and not state["ignore"]:
+                state["ignore"] = True
+                raise KeyboardInterrupt

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from bitnn.binarize import Binarizer
 from bitnn.network import BitLayer, BitNetwork
+from bitnn.train._torch import torch
 from bitnn.train.layers import BitLinear, BitMLP
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
+from bitnn.train._torch import torch
+
+dist = torch.distributed
 
 
 @dataclass(frozen=True)

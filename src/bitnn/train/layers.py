@@ -34,11 +34,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from bitnn.errors import InputError
+from bitnn.train._torch import torch
+
+F, nn = torch.nn.functional, torch.nn
 
 try:
     from bitnn.train import _fused

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from bitnn.binarize import Binarizer, ThresholdBinarizer, check_features, edge_code
 from bitnn.errors import InputError, ModelFormatError, TrainingInterrupted
@@ -33,9 +31,12 @@ from bitnn.io import atomic_write_bytes, decode_container, encode_container
 from bitnn.network import BitNetwork
 from bitnn.progress import ProgressBar, format_duration, log
 from bitnn.train import distributed
+from bitnn.train._torch import torch
 from bitnn.train.config import TrainConfig
 from bitnn.train.convert import to_bit_network
 from bitnn.train.layers import BitMLP
+
+F = torch.nn.functional
 
 CHECKPOINT_FORMAT = "bitnn-checkpoint"
 CHECKPOINT_VERSION = 1

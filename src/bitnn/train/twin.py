@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bitnn.errors import InputError
+from bitnn.train._torch import torch
 from bitnn.train.layers import BitMLP
 from bitnn.train.trainer import (
     TrainConfig,
