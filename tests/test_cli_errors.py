@@ -323,8 +323,7 @@ def entry(monkeypatch):
 
     monkeypatch.setattr(entry.sys, "exit", leave)
     monkeypatch.setattr(entry.os, "_exit", leave)
-    fresh = {"ignore": False, "training": None, "held": 0, "pending": False}
-    monkeypatch.setattr(interrupts, "state", fresh)
+    monkeypatch.setattr(interrupts, "state", dict(interrupts.FRESH))
     previous = signal.getsignal(signal.SIGINT)
     yield entry, exits
     signal.signal(signal.SIGINT, previous)

@@ -22,7 +22,8 @@ import signal
 
 # ignore: the outcome is decided; training: (stop flag, announce) of the running training;
 # held: inside Held() blocks (their Ctrl-C waits in pending until the block has finished)
-state = {"ignore": False, "training": None, "held": 0, "pending": False}
+FRESH = {"ignore": False, "training": None, "held": 0, "pending": False}
+state = dict(FRESH)
 
 
 def _on_ctrl_c(signum, frame) -> None:
@@ -43,7 +44,7 @@ def _on_ctrl_c(signum, frame) -> None:
 def install() -> None:
     """Make this process follow the command's rule (the ``bitnn`` entry point does this),
     unless it was started with Ctrl-C ignored (``nohup``, a background job): that stays."""
-    state["ignore"], state["training"], state["held"], state["pending"] = False, None, 0, False
+    state.update(FRESH)  # one C call: no handler runs halfway through it
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_ctrl_c)
 
