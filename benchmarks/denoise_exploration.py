@@ -94,6 +94,11 @@ def main() -> int:
     ap.add_argument("--bits", type=int, default=2, help="quantile bits per input value")
     ap.add_argument("--lc-db", type=float, default=0.0, help="training targets' IBM criterion (dB)")
     ap.add_argument(
+        "--loss-weights", type=float, default=0.0, metavar="POWER",
+        help="weigh each bit's loss by the error energy a wrong bit costs, to this power "
+        "(bitnn.speech.spectra.mask_error_weights; 0: every bit the same)",
+    )  # fmt: skip
+    ap.add_argument(
         "--noise-speeds",
         default="",
         help="also train on copies of every training noise played this much faster or slower, "
@@ -141,7 +146,7 @@ def main() -> int:
             dropout_hidden=args.dropout, keep="last", precision=args.precision,
         )  # fmt: skip
         start = time.perf_counter()
-        data = DenoisingData(train, val, spec, audio)
+        data = DenoisingData(train, val, spec, audio, args.loss_weights)
         train_denoiser(
             data, cfg, QuantileBinarizer(args.bits), lc_db=args.lc_db,
             checkpoint_path=args.checkpoint,

@@ -27,6 +27,7 @@ from bitnn.speech.spectra import (  # noqa: E402
     frame_features,
     ideal_binary_mask,
     istft,
+    mask_error_weights,
     stft,
 )
 
@@ -284,6 +285,22 @@ def test_features_use_the_normalised_level():
 torch = pytest.importorskip("torch")
 
 
+def test_mask_error_weights_are_what_a_wrong_bit_costs():
+    s = np.array([[3.0, 1.0, 0.0, 2j]])
+    n = np.array([[1.0, 1.0, 2.0, 0.0]])
+    # | |S|^2 - |N|^2 | = 8, 0, 4, 4 (mean 4); a complex bin counts by its magnitude
+    np.testing.assert_allclose(mask_error_weights(s, n, 1.0), [[2.0, 0.0, 1.0, 1.0]])
+    root = np.sqrt([[8.0, 0.0, 4.0, 4.0]])
+    np.testing.assert_allclose(mask_error_weights(s, n, 0.5), root / root.mean(), rtol=1e-6)
+    assert mask_error_weights(s, n, 1.0).dtype == np.float32
+    np.testing.assert_array_equal(mask_error_weights(s, s, 1.0), np.ones((1, 4)))  # all 0: even
+    with pytest.raises(InputError, match="must match"):
+        mask_error_weights(s, n[:, :3], 1.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="positive number"):
+            mask_error_weights(s, n, bad)
+
+
 def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path):
     from bitnn.speech.training import denoising_data, train_denoiser
     from bitnn.train.trainer import TrainConfig
@@ -310,7 +327,7 @@ def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path)
     from bitnn.speech.denoise import training_examples
     from bitnn.speech.mixtures import iter_mixtures
 
-    X, Y = training_examples(iter_mixtures(data.train, AudioCache(RATE)), d.config, d.level_rms)
+    X, Y, _ = training_examples(iter_mixtures(data.train, AudioCache(RATE)), d.config, d.level_rms)
     P = load_model(tmp_path / "d.bnn").predict(X)
     assert P[Y == 1].mean() > 0.5 and P[Y == 0].mean() < 0.1
     # Its report plays the real-valued twin too, from the checkpoint (--twin).
@@ -343,6 +360,8 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     from bitnn.io import read_provenance  # how the mixtures were drawn: beside the model
 
     assert read_provenance(best)["speech"]["data_options"]["mixtures"] == 20
+    assert read_provenance(best)["speech"]["loss_weights"] == 0.5  # the preset's bit weights
+    assert read_provenance(model)["speech"]["loss_weights"] == 0.0
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
     resumed = [*base, "--resume", "--force", "--keep-checkpoint"]
@@ -359,6 +378,10 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert load_model(model).metadata["command"].startswith("bitnn train-denoiser")
     assert main([*base, "--context", "2", "--resume", "--force"]) == 2
     assert "--context 2 differs" in capsys.readouterr().err
+    assert main([*base, "--loss-weights", "1", "--resume", "--force"]) == 2
+    assert "--loss-weights 1.0 differs from the run being resumed (0.0)" in capsys.readouterr().err
+    assert main([*base[:2], str(tmp_path / "w.bnn"), *base[3:], "--loss-weights", "-1"]) == 2
+    assert "number >= 0" in capsys.readouterr().err
     lost = ["train-denoiser", "-o", str(tmp_path / "x.bnn"), "--speech", str(tmp_path / "nowhere")]
     assert main([*lost, "--noise", str(noises), "--mixtures", "5"]) == 2
     err = capsys.readouterr().err

@@ -327,6 +327,45 @@ def test_bad_training_input():
         TrainConfig(optimizer="lbfgs")
 
 
+def test_bit_weights_weigh_each_bits_loss_and_are_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 6))
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0, X[:, 2] > X[:, 3]], axis=1).astype(np.uint8)
+    cfg = TrainConfig(hidden=(16,), epochs_round1=1, epochs_round2=1, batch_size=50, seed=4)
+    cfg = dataclasses.replace(cfg, val_fraction=0.0, keep="last")
+    with quiet():
+        plain = train_network(X, Y, cfg, QuantileBinarizer(2))
+        ones = train_network(X, Y, cfg, QuantileBinarizer(2), bit_weights=np.ones(Y.shape))
+    assert _layers_equal(plain, ones)  # weights of 1: the plain per-bit loss, bit for bit
+
+    weights = np.ones(Y.shape, np.float16)
+    weights[:, 1] = 0  # bit 1 does not count: no gradient reaches its output unit
+    grads = []
+
+    def record(trainer):
+        grads.append(trainer.model.layers[-1].weight.grad.clone())
+
+    with quiet():
+        train_network(
+            X, Y, cfg, QuantileBinarizer(2), bit_weights=weights, on_batch=record,
+            checkpoint_path=tmp_path / "w.ckpt",
+        )  # fmt: skip
+    assert len(grads) == 8 and all(g[1].abs().max() == 0 and g[0].abs().max() > 0 for g in grads)
+    with pytest.raises(InputError, match="data differ"):  # the weights are part of the data
+        with quiet():
+            train_network(X, Y, checkpoint_path=tmp_path / "w.ckpt", resume=True)
+
+    for bad, match in [
+        (np.ones((200, 2)), "must match|targets' is"),
+        (-weights, ">= 0"),
+        (np.full(Y.shape, np.nan), "finite"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            train_network(X, Y, cfg, bit_weights=bad)
+    with pytest.raises(InputError, match="classes"):
+        train_network(X, Y[:, 0], cfg, bit_weights=np.ones(200))
+
+
 def test_report_sets_measure_each_round_and_round_2_is_the_network(tmp_path):
     X, y = _blobs(500)
     Xt, yt = _blobs(200, seed=5)

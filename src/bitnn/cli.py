@@ -811,6 +811,7 @@ _DENOISER_DATA = [
     ("--context", "context", None),
     ("--floor-percentile", "floor_percentile", None),
     ("--lc-db", "lc_db", 0.0),
+    ("--loss-weights", "loss_weights", None),
 ]
 
 
@@ -896,9 +897,11 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         context=data_options["context"],
         floor_percentile=data_options["floor_percentile"],
         preset=args.preset,
+        loss_weights=data_options["loss_weights"],
     )
     data_options["context"] = data.spectrogram.context  # as the preset resolved them
     data_options["floor_percentile"] = data.spectrogram.floor_percentile
+    data_options["loss_weights"] = data.loss_weights
     data_options["mixtures"] = len(data.train)
     command = "bitnn " + " ".join(shlex.quote(a) for a in args.argv)
     net = train_denoiser(
@@ -1058,6 +1061,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="magnitudes relative to this percentile of their bin (0: off; best: 20)",
     )
     s.add_argument("--lc-db", type=float, default=None, help="IBM local SNR criterion (0 dB)")
+    s.add_argument(
+        "--loss-weights",
+        type=float,
+        default=None,
+        metavar="POWER",
+        help="weigh each bit's loss by the error energy a wrong bit costs, to this power "
+        "(0: every bit the same; paper: 0, best: 0.5)",
+    )
     s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")

@@ -32,6 +32,7 @@ from bitnn.speech.spectra import (
     frame_features,
     ideal_binary_mask,
     istft,
+    mask_error_weights,
     relative_to_floor,
     stft,
 )
@@ -60,17 +61,26 @@ def mixture_features(
 
 
 def training_examples(
-    mixtures: Iterable[Any], config: SpectrogramConfig, level_rms: float, lc_db: float = 0.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frames of many :class:`~bitnn.speech.mixtures.Mixture` -> ``(features, IBM bits)``."""
-    xs, ys = [], []
+    mixtures: Iterable[Any],
+    config: SpectrogramConfig,
+    level_rms: float,
+    lc_db: float = 0.0,
+    loss_weights: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Frames of many :class:`~bitnn.speech.mixtures.Mixture` -> ``(features, IBM bits, loss
+    weights)``: the weights (float16, :func:`mask_error_weights` at ``loss_weights``) only
+    where ``loss_weights`` > 0, else None."""
+    xs, ys, ws = [], [], []
     for m in mixtures:
         _, feats = mixture_features(m.mixture, config, level_rms)
         xs.append(feats)
-        ys.append(ideal_binary_mask(stft(m.speech, config), stft(m.noise, config), lc_db))
+        S, N = stft(m.speech, config), stft(m.noise, config)
+        ys.append(ideal_binary_mask(S, N, lc_db))
+        if loss_weights:
+            ws.append(mask_error_weights(S, N, loss_weights).astype(np.float16))
     if not xs:
         raise InputError("no mixtures to learn from")
-    return np.concatenate(xs), np.concatenate(ys)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) if ws else None
 
 
 @dataclass

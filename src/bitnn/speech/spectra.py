@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -219,6 +220,21 @@ def ideal_binary_mask(speech: np.ndarray, noise: np.ndarray, lc_db: float = 0.0)
     if s.shape != n.shape:
         raise InputError(f"speech {s.shape} and noise {n.shape} spectra must match")
     return (s > n * 10.0 ** (lc_db / 20.0)).astype(np.uint8)
+
+
+def mask_error_weights(speech: np.ndarray, noise: np.ndarray, power: float) -> np.ndarray:
+    """float32 per-bin loss weights ``| |S|^2 - |N|^2 | ** power``, divided by their mean over
+    the recording (all ones where that is 0). A mask bit of 1 lets the noise N through, a 0
+    drops the speech S, so a wrong bit adds ``| |S|^2 - |N|^2 |`` to the error energy that SDR
+    counts; ``power`` < 1 softens the weights' spread. Each recording weighs the same in all."""
+    s, n = np.abs(speech).astype(np.float64), np.abs(noise).astype(np.float64)
+    if s.shape != n.shape:
+        raise InputError(f"speech {s.shape} and noise {n.shape} spectra must match")
+    if not (math.isfinite(power) and power > 0):
+        raise InputError(f"the loss weights' power must be a positive number, not {power!r}")
+    w = np.abs(s * s - n * n) ** power
+    mean = w.mean() if w.size else 0.0
+    return (w / mean if mean > 0 else np.ones_like(w)).astype(np.float32)
 
 
 def apply_mask(mixture: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 The network learns one output bit per frequency bin with a per-bit loss in both rounds:
 binary cross-entropy on the last layer's scaled pre-activation taken as a logit
-(``sigmoid(z)`` is the probability that the bin's IBM bit is 1). In round 2 that
-pre-activation comes from binarized weights, bias and hidden bits, so the deployed bit is
-exactly ``z >= 0``; the gradient reaches the real-valued weights through the surrogates of
-:mod:`bitnn.train.layers`.
+(``sigmoid(z)`` is the probability that the bin's IBM bit is 1), each bit's term weighted, with
+``loss_weights`` > 0, by the error energy a wrong bit would cost there
+(:func:`bitnn.speech.spectra.mask_error_weights`: loud bins count more than faint ones). In
+round 2 that pre-activation comes from binarized weights, bias and hidden bits, so the
+deployed bit is exactly ``z >= 0``; the gradient reaches the real-valued weights through the
+surrogates of :mod:`bitnn.train.layers`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_m
 from bitnn.speech.spectra import SpectrogramConfig
 from bitnn.train.trainer import TrainConfig, train_network
 
-# Spectrogram settings per preset: the paper's network sees one frame of plain magnitudes;
-# "best" sees three, each bin relative to its noise floor (chosen on held-out voices and a
-# held-out noise type: docs/results/denoise.md).
-PRESET_SPECTROGRAM: dict[str, dict[str, float]] = {
-    "paper": {"context": 0, "floor_percentile": 0.0},
-    "best": {"context": 1, "floor_percentile": 20.0},
+# Frames and loss per preset: the paper's network sees one frame of plain magnitudes and
+# every bit weighs the same; "best" sees three, each bin relative to its noise floor, and
+# weighs each bit by the square root of what a wrong bit costs (chosen on held-out voices and a
+# held-out noise type: docs/results/denoise-exploration.md).
+PRESET_DENOISING: dict[str, dict[str, float]] = {
+    "paper": {"context": 0, "floor_percentile": 0.0, "loss_weights": 0.0},
+    "best": {"context": 1, "floor_percentile": 20.0, "loss_weights": 0.5},
 }
 
 
@@ -43,6 +46,7 @@ class DenoisingData:
     val: list[MixtureSpec]
     spectrogram: SpectrogramConfig
     audio: AudioCache
+    loss_weights: float = 0.0  # power of the per-bit loss weights (0: every bit the same)
 
 
 def parse_snrs(text: str) -> tuple[float, ...]:
@@ -67,6 +71,7 @@ def denoising_data(
     floor_percentile: float | None = None,
     preset: str | None = None,
     rate: int = 8000,
+    loss_weights: float | None = None,
 ) -> DenoisingData:
     """Training and validation mixtures from speaker folders (or TIMIT) and noise folders;
     without folders, the protocol's training voices and noises (:mod:`bitnn.speech.protocol`).
@@ -74,11 +79,14 @@ def denoising_data(
     from bitnn.data.corpora import noise_folder, speaker_folders, timit_speakers
     from bitnn.speech import protocol
 
-    if preset is not None and preset not in PRESET_SPECTROGRAM:
-        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_SPECTROGRAM)}")
-    defaults = PRESET_SPECTROGRAM[preset or "paper"]
+    if preset is not None and preset not in PRESET_DENOISING:
+        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESET_DENOISING)}")
+    defaults = PRESET_DENOISING[preset or "paper"]
     context = int(defaults["context"]) if context is None else context
     floor = defaults["floor_percentile"] if floor_percentile is None else floor_percentile
+    weights = defaults["loss_weights"] if loss_weights is None else float(loss_weights)
+    if not (np.isfinite(weights) and weights >= 0):
+        raise InputError(f"the loss weights' power must be a number >= 0, not {loss_weights!r}")
     spectrogram = SpectrogramConfig(rate=rate, context=context, floor_percentile=floor)
     n = protocol.N_TRAIN if n_mixtures is None else n_mixtures
     if n < 1:
@@ -99,7 +107,7 @@ def denoising_data(
     audio = AudioCache(rate)
     train = draw_mixtures(voices, noises, snrs, n, seed, audio)
     val = draw_mixtures(voices, noises, snrs, max(1, n // 20), seed + 1, audio)
-    return DenoisingData(train, val, spectrogram, audio)
+    return DenoisingData(train, val, spectrogram, audio, weights)
 
 
 def train_denoiser(
@@ -121,17 +129,19 @@ def train_denoiser(
     checkpoint, so that a resumed run can draw the same mixtures. With ``resume=True``,
     ``config`` and ``binarizer`` come from the checkpoint (pass None)."""
     spec = data.spectrogram
-    X, Y = training_examples(
-        iter_mixtures(data.train, data.audio, "training frames"), spec, level_rms, lc_db
-    )
+    X, Y, W = training_examples(
+        iter_mixtures(data.train, data.audio, "training frames"), spec, level_rms, lc_db,
+        data.loss_weights,
+    )  # fmt: skip
     log(f"{len(data.train)} training mixtures: {X.shape[0]:,} frames of {X.shape[1]} magnitudes")
     X_val = Y_val = None
     if data.val:
-        X_val, Y_val = training_examples(
+        X_val, Y_val, _ = training_examples(
             iter_mixtures(data.val, data.audio), spec, level_rms, lc_db
         )
     meta = speech_metadata(
-        spec, level_rms, lc_db=lc_db, n_train_mixtures=len(data.train),
+        spec, level_rms, lc_db=lc_db, loss_weights=data.loss_weights,
+        n_train_mixtures=len(data.train),
         data_options=data_options or {},
     )  # fmt: skip
     return train_network(
@@ -145,4 +155,5 @@ def train_denoiser(
         resume=resume,
         metadata={**meta, **(metadata or {})},
         threads=threads,
+        bit_weights=W,
     )

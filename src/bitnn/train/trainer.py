@@ -53,6 +53,7 @@ class TrainData:
     n_outputs: int
     output: str  # "scores" (y: class ids) or "bits" (y: 0/1 matrix)
     x_train_raw: np.ndarray | None = None  # float32 raw inputs, for augmentation
+    w_train: np.ndarray | None = None  # per-bit loss weights (bit outputs), like y_train
 
 
 class ShiftAugmenter:
@@ -136,6 +137,22 @@ def validate_targets(
             raise InputError("2-D targets are output bits and must be 0 or 1")
         return a.astype(np.uint8), "bits", a.shape[1]
     raise InputError(f"y must be 1-D class ids or 2-D 0/1 bits, got shape {a.shape}")
+
+
+def validate_bit_weights(w: Any, y: np.ndarray, output: str) -> np.ndarray:
+    """Check per-bit loss weights against bit targets ``y``: same shape, finite, >= 0.
+    Returns them as float32, or float16 when given so (half the memory on large sets)."""
+    if output != "bits":
+        raise InputError("bit_weights weigh the loss of bit outputs; these targets are classes")
+    a = np.asarray(w)
+    if a.shape != y.shape:
+        raise InputError(f"bit_weights have shape {a.shape}; the targets' is {y.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise InputError(f"bit_weights must be numbers, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 else np.float32)
+    if a.size and not (np.all(np.isfinite(a)) and a.min() >= 0):
+        raise InputError("bit_weights must be finite numbers >= 0")
+    return a
 
 
 def data_fingerprint(*arrays: np.ndarray) -> str:
@@ -285,6 +302,9 @@ class Trainer:
         # is the (int8) input bits, or with shift augmentation the raw images, whose moved
         # copies are binarized there batch by batch.
         self.y_train = torch.from_numpy(self.data.y_train).to(self.device)
+        self.w_train = None
+        if self.data.w_train is not None:
+            self.w_train = torch.from_numpy(self.data.w_train).to(self.device)
         self.augment: ShiftAugmenter | None = None
         if cfg.augment_shift:
             if self.data.x_train_raw is None or self.binarizer is None:
@@ -325,10 +345,13 @@ class Trainer:
             return lr0 * 0.01**frac
         return lr0
 
-    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.data.output == "scores":
             return F.cross_entropy(out, y)
-        return F.binary_cross_entropy_with_logits(out, y.float())
+        w = None if weight is None else weight.float()
+        return F.binary_cross_entropy_with_logits(out, y.float(), weight=w)
 
     @torch.no_grad()
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -456,7 +479,8 @@ class Trainer:
                 lr = self._lr(pos.round, pos.epoch * n_batches + pos.batch, epochs * n_batches)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss = self._loss(self.forward(xb), yb)
+                wb = None if self.w_train is None else self.w_train[idx]
+                loss = self._loss(self.forward(xb), yb, wb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -692,6 +716,7 @@ def train_network(
     on_batch: Callable[[Trainer], None] | None = None,
     report: dict[str, tuple[Any, Any]] | None = None,
     threads: int | None = None,
+    bit_weights: Any = None,
 ) -> BitNetwork:
     """Train a bitwise network on raw ``(X, y)`` and return the deployed :class:`BitNetwork`.
 
@@ -702,11 +727,14 @@ def train_network(
     ``(X, y)`` sets (say, a test set) on which each round's best network is measured; the
     accuracies go to the metadata (``training.round_accuracy``), nothing is selected on them.
     ``threads``: PyTorch threads on the CPU (default: :func:`cpu_threads`; a resumed run: the
-    count it started with), set for the run and restored after it.
+    count it started with), set for the run and restored after it. ``bit_weights``: for bit
+    outputs, a loss weight (>= 0) per target bit, shaped like ``y``: bits that matter more to
+    the result count more in both rounds' loss.
     """
     x_all = check_features(X)
     y_all, output, n_outputs = validate_targets(y, x_all.shape[0], n_classes)
-    fingerprint = data_fingerprint(x_all, y_all)
+    w_all = None if bit_weights is None else validate_bit_weights(bit_weights, y_all, output)
+    fingerprint = data_fingerprint(x_all, y_all, *([] if w_all is None else [w_all]))
     tensors: dict[str, np.ndarray] = {}
     description: dict[str, Any] = {}
     if resume:
@@ -729,6 +757,7 @@ def train_network(
             }
         binarizer = checkpoint_binarizer(tensors, description)
     config = config or TrainConfig()
+    w_tr = w_all
     if X_val is not None:
         x_tr, y_tr = x_all, y_all
         x_va = check_features(X_val, x_all.shape[1], "X_val")
@@ -738,6 +767,7 @@ def train_network(
     elif config.val_fraction > 0:
         tr, va = split_validation(x_all.shape[0], config.val_fraction, config.seed)
         x_tr, y_tr, x_va, y_va = x_all[tr], y_all[tr], x_all[va], y_all[va]
+        w_tr = None if w_all is None else w_all[tr]
     else:
         x_tr, y_tr, x_va, y_va = x_all, y_all, None, None
     if binarizer is None:
@@ -753,6 +783,7 @@ def train_network(
         n_outputs,
         output,
         x_tr if config.augment_shift else None,
+        w_tr,
     )
     trainer = Trainer(
         config,
