@@ -729,7 +729,8 @@ def train_network(
     ``threads``: PyTorch threads on the CPU (default: :func:`cpu_threads`; a resumed run: the
     count it started with), set for the run and restored after it. ``bit_weights``: for bit
     outputs, a loss weight (>= 0) per target bit, shaped like ``y``: bits that matter more to
-    the result count more in both rounds' loss.
+    the result count more in both rounds' loss (they are part of the data: a resumed run needs
+    the same ones).
     """
     x_all = check_features(X)
     y_all, output, n_outputs = validate_targets(y, x_all.shape[0], n_classes)
