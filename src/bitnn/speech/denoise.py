@@ -77,7 +77,9 @@ def training_examples(
         S, N = stft(m.speech, config), stft(m.noise, config)
         ys.append(ideal_binary_mask(S, N, lc_db))
         if loss_weights:
-            ws.append(mask_error_weights(S, N, loss_weights).astype(np.float16))
+            w = mask_error_weights(S, N, loss_weights)  # mean 1, so in float16's range but
+            # for energy in a few bins of a long recording: capped there, never infinite
+            ws.append(np.minimum(w, np.finfo(np.float16).max).astype(np.float16))
     if not xs:
         raise InputError("no mixtures to learn from")
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws) if ws else None
