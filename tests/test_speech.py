@@ -301,6 +301,35 @@ def test_mask_error_weights_are_what_a_wrong_bit_costs():
             mask_error_weights(s, n, bad)
 
 
+def test_training_examples_carry_float16_loss_weights_capped_not_infinite():
+    from types import SimpleNamespace
+
+    from bitnn.speech.denoise import training_examples
+
+    config = SpectrogramConfig()
+    s, n = voiced(1.0, 140, 4), noise(1.0, 5)
+    plain = training_examples([SimpleNamespace(speech=s, noise=n, mixture=s + n)], config, 0.05)
+    assert plain[2] is None  # no weights asked: none made
+    X, Y, W = training_examples(
+        [SimpleNamespace(speech=s, noise=n, mixture=s + n)], config, 0.05, loss_weights=0.5
+    )
+    np.testing.assert_array_equal(X, plain[0])
+    np.testing.assert_array_equal(Y, plain[1])
+    want = mask_error_weights(stft(s, config), stft(n, config), 0.5)
+    assert W.dtype == np.float16 and W.shape == Y.shape
+    np.testing.assert_allclose(W, want, rtol=1e-3)
+    # 20 s of silence but one short tone: its peak weighs over 65,504, float16's largest
+    # value, which the weights keep instead of becoming infinite
+    tone = np.zeros(20 * RATE, np.float32)
+    tone[80000:80512] = np.sin(2 * np.pi * 1000 * np.arange(512) / RATE) * np.hanning(512)
+    quiet = np.zeros_like(tone)
+    peak = mask_error_weights(stft(tone, config), stft(quiet, config), 1.0).max()
+    _, _, W = training_examples(
+        [SimpleNamespace(speech=tone, noise=quiet, mixture=tone)], config, 0.05, loss_weights=1.0
+    )
+    assert peak > 65504 and np.all(np.isfinite(W)) and W.max() == np.finfo(np.float16).max
+
+
 def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path):
     from bitnn.speech.training import denoising_data, train_denoiser
     from bitnn.train.trainer import TrainConfig
@@ -342,6 +371,26 @@ def test_trained_denoiser_converts_bit_exactly_and_round_trips(corpus, tmp_path)
         "real-valued twin" in page
         and (tmp_path / "r/audio/example1-real-valued-twin.wav").is_file()
     )
+
+
+def test_train_denoiser_hands_the_loss_weights_to_the_trainer(corpus, monkeypatch):
+    from bitnn.speech import training
+    from bitnn.speech.denoise import training_examples
+    from bitnn.speech.mixtures import iter_mixtures
+
+    speech, noises = corpus
+    data = training.denoising_data(speech, noises, n_mixtures=4, preset="best")
+    assert data.loss_weights == 0.5  # the preset's
+    given = {}
+    monkeypatch.setattr(training, "train_network", lambda *a, **kw: given.update(kw))
+    training.train_denoiser(data, None, None)
+    _, _, W = training_examples(
+        iter_mixtures(data.train, data.audio), data.spectrogram, 0.05, loss_weights=0.5
+    )  # 0.05: the default input level (DEFAULT_LEVEL_RMS)
+    np.testing.assert_array_equal(given["bit_weights"], W)
+    assert given["metadata"]["speech"]["loss_weights"] == 0.5
+    training.train_denoiser(training.denoising_data(speech, noises, n_mixtures=4), None, None)
+    assert given["bit_weights"] is None  # the paper preset: every bit the same
 
 
 def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, capsys):
