@@ -3,12 +3,12 @@
     python benchmarks/denoise_exploration.py --context 1 --floor 20 --dropout 0.2
 
 Trains on the protocol's training voices except ``menardi`` and ``fsdd-yweweler`` and its
-training noise types except ``water`` (``--held-out-noise``), then measures SDR/SIR/SAR/STOI on
-60 mixtures of those two voices with water at 0 dB: speakers and a noise type the network
-never heard, all drawn from the training side of the protocol, so the test voices and test
-noises stay unseen until the released model is measured (benchmarks/denoise.py). Prints the
-bit accuracy and the metrics (medians and means) of the BNN, its real-valued twin (round 1 of
-the same run) and the oracle IBM.
+training noise types except ``water`` (``--held-out-noise``), then measures SDR/SIR/SAR/STOI
+on 60 mixtures of those two voices with the held-out noise at 0 dB: speakers and a noise type
+the network never heard, all drawn from the training side of the protocol, so the test voices
+and test noises stay unseen until the released model is measured (benchmarks/denoise.py).
+Prints the bit accuracy and the metrics (medians and means) of the BNN, its real-valued twin
+(round 1 of the same run) and the oracle IBM.
 """
 
 from __future__ import annotations

@@ -86,7 +86,10 @@ def denoising_data(
     floor = defaults["floor_percentile"] if floor_percentile is None else floor_percentile
     weights = defaults["loss_weights"] if loss_weights is None else float(loss_weights)
     if not (np.isfinite(weights) and weights >= 0):
-        raise InputError(f"the loss weights' power must be a number >= 0, not {loss_weights!r}")
+        raise InputError(
+            f"the loss weights' power must be a number >= 0 (0: every bit the same; the best "
+            f"preset uses 0.5), not {loss_weights!r}"
+        )
     spectrogram = SpectrogramConfig(rate=rate, context=context, floor_percentile=floor)
     n = protocol.N_TRAIN if n_mixtures is None else n_mixtures
     if n < 1:
