@@ -25,7 +25,7 @@ from scipy.ndimage import convolve
 
 from bitnn.binarize import QuantileBinarizer
 from bitnn.data.audio import resample, write_wav
-from bitnn.data.corpora import require_noise_types, require_voices
+from bitnn.data.corpora import require_noise_types, require_voices, speaker_folders
 from bitnn.speech.denoise import mixture_features
 from bitnn.speech.metrics import separation_metrics
 from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures
@@ -109,6 +109,11 @@ def main() -> int:
         help="also train on copies of every training utterance played this much faster or "
         "slower, e.g. 0.9,1.1 (more voices from the same speakers)",
     )
+    ap.add_argument(
+        "--extra-voices", default=None, metavar="DIR",
+        help="also train on these voices: a folder with one sub-folder per speaker "
+        "(bitnn.data.corpora.speaker_folders)",
+    )  # fmt: skip
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16 matmuls")
     ap.add_argument(
         "--held-out-noise", default="water", choices=TRAIN_NOISES,
@@ -135,6 +140,8 @@ def main() -> int:
     spec = SpectrogramConfig(context=args.context, floor_percentile=args.floor)
     if not args.evaluate_only:
         voices = require_voices([v for v in TRAIN_VOICES if v not in HELD_OUT_VOICES])
+        if args.extra_voices:
+            voices |= speaker_folders(args.extra_voices)
         noises = require_noise_types([n for n in TRAIN_NOISES if n != args.held_out_noise])
         tmp = tempfile.TemporaryDirectory()
         if args.noise_speeds:
