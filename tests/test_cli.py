@@ -233,6 +233,10 @@ def test_preset_conflicts_are_refused_before_reading_data(tmp_path, capsys):
     assert "--val-fraction 0 trains on all 60,000" in capsys.readouterr().err
     assert main(["train", missing, "-o", out, "--keep", "first"]) == 2
     assert "keep must be best or last" in capsys.readouterr().err
+    assert main(["train", missing, "-o", out, "--augment-elastic", "4"]) == 2
+    assert "--augment-elastic needs image_shape" in capsys.readouterr().err
+    assert main(["train", "mnist", "-o", out, "--augment-elastic", "-1"]) == 2
+    assert "--augment-elastic must be a number >= 0, not -1.0" in capsys.readouterr().err
 
 
 def test_presets_carry_the_paper_architecture_for_mnist():

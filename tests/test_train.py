@@ -20,9 +20,10 @@ from bitnn.io import model_to_bytes  # noqa: E402
 from bitnn.train.convert import to_bit_network  # noqa: E402
 from bitnn.train.layers import BitLinear, BitMLP, sign_activation, ternarize  # noqa: E402
 from bitnn.train.trainer import (  # noqa: E402
-    ShiftAugmenter,
+    ImageAugmenter,
     TrainConfig,
     Trainer,
+    _gaussian_matrix,
     read_checkpoint,
     to_bipolar,
     train_network,
@@ -182,14 +183,24 @@ def _layers_equal(a, b):
 
 
 @pytest.mark.parametrize(
-    "stop_at,round2_weights,shift",
-    [(3, "tanh", 0), (17, "tanh", 0), (24, "clip", 0), (40, "clip", 0), (30, "tanh", 1)],
+    "stop_at,round2_weights,shift,elastic",
+    [
+        (3, "tanh", 0, 0.0),
+        (17, "tanh", 0, 0.0),
+        (24, "clip", 0, 0.0),
+        (40, "clip", 0, 0.0),
+        (30, "tanh", 1, 0.0),
+        (30, "tanh", 1, 3.0),
+    ],
 )
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at, round2_weights, shift):
+def test_interrupted_then_resumed_equals_uninterrupted(
+    tmp_path, stop_at, round2_weights, shift, elastic
+):
     X, y = _blobs()
     cfg = TrainConfig(
         round2_weights=round2_weights,
         augment_shift=shift,
+        augment_elastic=elastic,
         image_shape=(2, 4),
         hidden=(32,),
         epochs_round1=2,
@@ -243,7 +254,7 @@ def test_shift_augmenter_equals_binarizing_moved_images(binarizer):
     images = np.where(rng.random((40, 5, 7)) < 0.6, 0, rng.integers(1, 256, (40, 5, 7)))
     X = images.reshape(40, -1).astype(np.float32)
     binarizer.fit(X)
-    augment = ShiftAugmenter(binarizer, (5, 7), 2, torch.device("cpu"))
+    augment = ImageAugmenter(binarizer, (5, 7), 2, torch.device("cpu"))
     # the comparisons-are-the-bits path for thermometer codes, the level table for the rest
     assert augment.thermometer == (getattr(binarizer, "code", "thermometer") == "thermometer")
     shifts = rng.integers(-2, 3, (40, 2))
@@ -257,10 +268,56 @@ def test_shift_augmenter_equals_binarizing_moved_images(binarizer):
     np.testing.assert_array_equal(got, want)
 
 
+def test_elastic_distortion_resamples_at_the_nearest_pixel_then_binarizes():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 5, 7)).astype(np.float32)
+    X = images.reshape(6, -1)
+    binarizer = QuantileBinarizer(3, "thermometer").fit(X)
+    augment = ImageAugmenter(binarizer, (5, 7), 2, torch.device("cpu"), 4.0, 1.5)
+    x, shifts = torch.from_numpy(X), torch.from_numpy(rng.integers(-2, 3, (6, 2)))
+    # no distortion: the whole-pixel shifts, resampled at whole pixels
+    flat = torch.zeros(6, 2, 5, 7)
+    np.testing.assert_allclose(
+        augment._distort(x, shifts, flat), augment._shift(x, shifts), atol=1e-3
+    )
+    # the same noise everywhere moves every pixel alike: noise 0.25 x alpha 4 along the rows
+    # takes each pixel from one row below (the bottom row from outside: 0), 0.2 from the
+    # nearest pixel to 0.8 rows below (the same), 0.1 from 0.4 rows below (itself)
+    no_shift = torch.zeros(6, 2, dtype=torch.long)
+    one_up = np.concatenate([images[:, 1:], np.zeros((6, 1, 7))], axis=1)
+    for noise, want in ((0.25, one_up), (0.2, one_up), (0.1, images)):
+        field = torch.zeros(6, 2, 5, 7)
+        field[:, 0] = noise
+        got = augment._distort(x, no_shift, field).numpy().reshape(6, 5, 7)
+        np.testing.assert_array_equal(got, want)
+    # the bits are the binarizer's bits of the resampled images
+    noise = torch.rand(6, 2, 5, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    moved = augment._distort(x, shifts, noise).numpy()
+    np.testing.assert_array_equal(
+        augment(x, shifts, noise).numpy(), to_bipolar(binarizer.transform(moved))
+    )
+    assert np.abs(moved - X).max() > 10  # it did move them
+
+
+def test_gaussian_matrix_smooths_with_edges_repeated():
+    g = _gaussian_matrix(9, 1.0).numpy()
+    np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-6)  # a constant field stays put
+    taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+    np.testing.assert_allclose(g[4, 1:8], taps / taps.sum(), rtol=1e-6)
+    assert g[0, 0] > g[4, 4]  # the taps beyond the edge fall on the edge position
+
+
 def test_shift_augmentation_needs_images_and_edges():
     X, y = _blobs()
     with pytest.raises(InputError, match="image_shape"):
         TrainConfig(augment_shift=1)
+    with pytest.raises(InputError, match="augment_elastic needs image_shape"):
+        TrainConfig(augment_elastic=2.0)
+    for bad in ({"augment_elastic": -1.0}, {"augment_elastic": float("nan")}):
+        with pytest.raises(InputError, match="augment_elastic must be a number >= 0"):
+            TrainConfig(image_shape=(2, 4), **bad)
+    with pytest.raises(InputError, match="augment_elastic_sigma must be a positive number"):
+        TrainConfig(image_shape=(2, 4), augment_elastic=1.0, augment_elastic_sigma=0.0)
     cfg = TrainConfig(
         hidden=(8,), epochs_round1=1, epochs_round2=0, augment_shift=1, image_shape=(3, 3)
     )

@@ -40,6 +40,18 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
     ("--sparsity", "sparsity", float, "target fraction of absent (zero) weights"),
     ("--round2-weights", "round2_weights", str, "tanh (the paper) or clip (update tanh(W))"),
     ("--augment-shift", "augment_shift", int, "random image shifts of up to N pixels"),
+    (
+        "--augment-elastic",
+        "augment_elastic",
+        float,
+        "elastic distortions of the images, up to about this many pixels (0: off)",
+    ),
+    (
+        "--augment-elastic-sigma",
+        "augment_elastic_sigma",
+        float,
+        "smoothness of the elastic distortions: the Gaussian's sigma in pixels",
+    ),
     ("--image-shape", "image_shape", str, "raw inputs are HxW images (mnist: 28x28)"),
     ("--val-fraction", "val_fraction", float, "held out for validation; mnist: 0 = train on all"),
     ("--keep", "keep", str, "each round's best (validation) or last epoch"),
@@ -1076,10 +1088,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-checkpoint", action="store_true", help="keep the checkpoint after a finished run"
     )
     _add_threads_option(s)
+    image_only = ("augment_shift", "augment_elastic", "augment_elastic_sigma", "image_shape")
     for flag, name, typ, hlp in _TRAIN_OPTIONS:
-        if name not in ("augment_shift", "image_shape", "val_fraction"):
+        if name not in (*image_only, "val_fraction"):
             s.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
-    s.set_defaults(func=cmd_train_denoiser, augment_shift=None, image_shape=None, val_fraction=None)
+    s.set_defaults(func=cmd_train_denoiser, val_fraction=None, **dict.fromkeys(image_only))
 
     s = sub.add_parser("report", help="an HTML page to listen to and look at a model's work")
     s.add_argument("model")

@@ -36,6 +36,11 @@ class TrainConfig:
     # pixels in [-augment_shift, augment_shift] along each axis (pixels moved in are 0), then
     # binarized. Needs image_shape = (height, width) of the row-major raw input.
     augment_shift: int = 0
+    # Elastic distortions (Simard et al. 2003) on top: each pixel is taken from up to about
+    # augment_elastic x (smoothed uniform noise) pixels away, the noise smoothed by a Gaussian
+    # of augment_elastic_sigma pixels; 0 = off. Needs image_shape too.
+    augment_elastic: float = 0.0
+    augment_elastic_sigma: float = 4.0
     image_shape: tuple[int, ...] = ()
     val_fraction: float = 0.1
     # Which epoch's network ends each round: "best" (highest validation accuracy, or training
@@ -72,8 +77,14 @@ class TrainConfig:
             problems.append("train for at least one epoch")
         if self.augment_shift < 0:
             problems.append("augment_shift cannot be negative")
-        if self.augment_shift and (len(self.image_shape) != 2 or min(self.image_shape) < 1):
-            problems.append("augment_shift needs image_shape = (height, width)")
+        if not (math.isfinite(self.augment_elastic) and self.augment_elastic >= 0):
+            problems.append(f"augment_elastic must be a number >= 0, not {self.augment_elastic!r}")
+        sigma = self.augment_elastic_sigma
+        if not (math.isfinite(sigma) and sigma > 0):
+            problems.append(f"augment_elastic_sigma must be a positive number, not {sigma!r}")
+        if self.augments_images and (len(self.image_shape) != 2 or min(self.image_shape) < 1):
+            what = "augment_shift" if self.augment_shift else "augment_elastic"
+            problems.append(f"{what} needs image_shape = (height, width)")
         if self.batch_size < 1:
             problems.append("batch_size must be positive")
         for name in ("lr_round1", "lr_round2"):
@@ -95,6 +106,11 @@ class TrainConfig:
             problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
         if problems:
             raise InputError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def augments_images(self) -> bool:
+        """True if training moves its images (shifts or elastic distortions)."""
+        return bool(self.augment_shift or self.augment_elastic)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
