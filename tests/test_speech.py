@@ -294,6 +294,9 @@ def test_mask_error_weights_are_what_a_wrong_bit_costs():
     np.testing.assert_allclose(mask_error_weights(s, n, 0.5), root / root.mean(), rtol=1e-6)
     assert mask_error_weights(s, n, 1.0).dtype == np.float32
     np.testing.assert_array_equal(mask_error_weights(s, s, 1.0), np.ones((1, 4)))  # all 0: even
+    steep = mask_error_weights(s * 100, n * 100, 200.0)  # 80000 ** 200 would overflow float64
+    assert np.all(np.isfinite(steep)) and steep.mean() == pytest.approx(1.0)
+    assert steep[0, 0] == pytest.approx(4.0)  # the peak bin takes it all (the rest: 0.5 ** 200)
     with pytest.raises(InputError, match="must match"):
         mask_error_weights(s, n[:, :3], 1.0)
     for bad in (0.0, -1.0, float("nan")):
@@ -429,6 +432,16 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert "--context 2 differs" in capsys.readouterr().err
     assert main([*base, "--loss-weights", "1", "--resume", "--force"]) == 2
     assert "--loss-weights 1.0 differs from the run being resumed (0.0)" in capsys.readouterr().err
+    # a checkpoint from before --loss-weights existed: its run had none
+    from bitnn.io import encode_container
+    from bitnn.train.trainer import read_checkpoint
+
+    ckpt = tmp_path / "den.bnn.ckpt"
+    tensors, description = read_checkpoint(ckpt)
+    del description["metadata"]["speech"]["data_options"]["loss_weights"]
+    ckpt.write_bytes(encode_container(dict(tensors), description))
+    assert main([*base, "--loss-weights", "0.5", "--resume", "--force"]) == 2
+    assert "--loss-weights 0.5 differs from the run being resumed (0.0)" in capsys.readouterr().err
     assert main([*base[:2], str(tmp_path / "w.bnn"), *base[3:], "--loss-weights", "-1"]) == 2
     assert "number >= 0" in capsys.readouterr().err
     lost = ["train-denoiser", "-o", str(tmp_path / "x.bnn"), "--speech", str(tmp_path / "nowhere")]

@@ -299,12 +299,24 @@ def test_elastic_distortion_resamples_at_the_nearest_pixel_then_binarizes():
     assert np.abs(moved - X).max() > 10  # it did move them
 
 
+def test_elastic_distortion_of_one_pixel_high_images_moves_like_the_shifts():
+    X = np.arange(1, 9, dtype=np.float32)[None].repeat(3, 0)
+    binarizer = QuantileBinarizer(2, "thermometer").fit(X)
+    augment = ImageAugmenter(binarizer, (1, 8), 1, torch.device("cpu"), 2.0)
+    x, shifts = torch.from_numpy(X), torch.tensor([[1, 0], [0, 1], [0, -1]])
+    moved = augment._distort(x, shifts, torch.zeros(3, 2, 1, 8))
+    np.testing.assert_array_equal(moved, augment._shift(x, shifts))
+    assert moved[0].abs().sum() == 0  # moved down out of its only row
+
+
 def test_gaussian_matrix_smooths_with_edges_repeated():
     g = _gaussian_matrix(9, 1.0).numpy()
     np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-6)  # a constant field stays put
     taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
     np.testing.assert_allclose(g[4, 1:8], taps / taps.sum(), rtol=1e-6)
     assert g[0, 0] > g[4, 4]  # the taps beyond the edge fall on the edge position
+    flat = _gaussian_matrix(28, 1e9).numpy()  # a sigma far above the image: no huge window
+    np.testing.assert_allclose(flat.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_shift_augmentation_needs_images_and_edges():

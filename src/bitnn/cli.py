@@ -44,7 +44,9 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
         "--augment-elastic",
         "augment_elastic",
         float,
-        "elastic distortions of the images, up to about this many pixels (0: off)",
+        "elastic distortions of the images: the scale (Simard's alpha) of the smoothed noise "
+        "that says how far each pixel is taken from (20 at sigma 4: 1 pixel per axis on "
+        "average; 0: off)",
     ),
     (
         "--augment-elastic-sigma",
@@ -878,7 +880,8 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         from bitnn.train.trainer import read_checkpoint
 
         speech = read_checkpoint(checkpoint)[1].get("metadata", {}).get("speech", {})
-        started = speech.get("data_options", {})
+        # a run started before --loss-weights existed had none
+        started = {"loss_weights": 0.0, **speech.get("data_options", {})}
         for flag, name, _ in _DENOISER_DATA:
             given = data_options[name]
             if given is not None and name in started and given != started[name]:

@@ -226,14 +226,19 @@ def mask_error_weights(speech: np.ndarray, noise: np.ndarray, power: float) -> n
     """float32 per-bin loss weights ``| |S|^2 - |N|^2 | ** power``, divided by their mean over
     the recording (all ones where that is 0). A mask bit of 1 lets the noise N through, a 0
     drops the speech S, so a wrong bit adds ``| |S|^2 - |N|^2 |`` to the error energy that SDR
-    counts; ``power`` < 1 softens the weights' spread. Each recording weighs the same in all."""
+    counts; ``power`` < 1 softens the weights' spread. A recording's weights add up to its
+    number of bins, as without weights."""
     s, n = np.abs(speech).astype(np.float64), np.abs(noise).astype(np.float64)
     if s.shape != n.shape:
         raise InputError(f"speech {s.shape} and noise {n.shape} spectra must match")
     if not (math.isfinite(power) and power > 0):
         raise InputError(f"the loss weights' power must be a positive number, not {power!r}")
-    w = np.abs(s * s - n * n) ** power
-    mean = w.mean() if w.size else 0.0
+    d = np.abs(s * s - n * n)
+    peak = d.max() if d.size else 0.0
+    if not peak > 0:
+        return np.ones_like(d, dtype=np.float32)
+    w = (d / peak) ** power  # in [0, 1]: no overflow at any power
+    mean = w.mean()
     return (w / mean if mean > 0 else np.ones_like(w)).astype(np.float32)
 
 

@@ -59,7 +59,9 @@ class TrainData:
 def _gaussian_matrix(n: int, sigma: float) -> torch.Tensor:
     """(n, n): row i holds the normalised Gaussian weights of every position for position i,
     those beyond the edges added to the edge (replicate padding)."""
-    radius = max(1, math.ceil(3 * sigma))
+    # 3 sigma, but at most 4n: the farther taps would all land on the edge positions (which
+    # changes only sigmas far above the image's size, where the field is nearly flat anyway)
+    radius = max(1, min(math.ceil(3 * sigma), 4 * n))
     offsets = torch.arange(-radius, radius + 1.0)
     taps = torch.exp(-0.5 * (offsets / sigma) ** 2)
     taps /= taps.sum()
@@ -106,7 +108,9 @@ class ImageAugmenter:
         self.elastic_alpha = float(elastic_alpha)
         # The Gaussian as one matrix per axis (edges repeated): field = G_rows @ noise @ G_cols^T,
         # two small matmuls (a 1-channel conv2d costs 60x more on the CPU).
-        self.smooth = [_gaussian_matrix(n, elastic_sigma).to(device) for n in self.shape]
+        self.smooth = [
+            _gaussian_matrix(n, elastic_sigma).to(device) for n in self.shape if elastic_alpha
+        ]
         self.edges = torch.tensor(code.edges, device=device)  # (features, levels - 1)
         self.codes = torch.tensor(code.codes.astype(np.float32) * 2 - 1, device=device)
         # Thermometer codes over sorted edges: bit j is x >= edge j, so the comparisons are
@@ -145,12 +149,13 @@ class ImageAugmenter:
         rows, cols = self.smooth
         field = (rows @ noise @ cols.T) * self.elastic_alpha  # (b, 2, h, w)
         # where each output pixel takes its value from, in pixels, then in grid_sample's
-        # [-1, 1] coordinates (align_corners: -1 and 1 are the centres of the edge pixels)
+        # [-1, 1] coordinates (without align_corners: -1 and 1 are the outer edges of the edge
+        # pixels, so pixel i's centre is (2 i + 1) / n - 1, for any n including 1)
         src_r = torch.arange(h, device=x.device).view(1, h, 1) - shifts[:, :1, None] + field[:, 0]
         src_c = torch.arange(w, device=x.device).view(1, 1, w) - shifts[:, 1:, None] + field[:, 1]
-        grid = torch.stack((src_c * (2 / max(w - 1, 1)) - 1, src_r * (2 / max(h - 1, 1)) - 1), -1)
+        grid = torch.stack(((2 * src_c + 1) / w - 1, (2 * src_r + 1) / h - 1), -1)
         moved = F.grid_sample(
-            x.view(b, 1, h, w), grid, mode="nearest", padding_mode="zeros", align_corners=True
+            x.view(b, 1, h, w), grid, mode="nearest", padding_mode="zeros", align_corners=False
         )
         return moved.reshape(b, h * w)
 
@@ -350,7 +355,7 @@ class Trainer:
         self.stop = {"stop": False}
         self.epoch_losses: list[float] = []  # this epoch's batch losses so far
         # The whole training set lives on the device: one copy, no per-batch transfers. That
-        # is the (int8) input bits, or with shift augmentation the raw images, whose moved
+        # is the (int8) input bits, or with image augmentation the raw images, whose moved
         # copies are binarized there batch by batch.
         self.y_train = torch.from_numpy(self.data.y_train).to(self.device)
         self.w_train = None
