@@ -183,8 +183,9 @@ def main() -> int:
             rows[name].append(separation_metrics(m.speech, m.noise, y, 8000))
     print(f"BNN bit accuracy on held-out mixtures: {np.mean(accuracy):.4f}")
     for name, r in rows.items():
+        # nan-aware: STOI is NaN for utterances too short for it (bitnn.speech.metrics)
         stats = " ".join(
-            f"{k} {np.median([x[k] for x in r]):.2f}/{np.mean([x[k] for x in r]):.2f}"
+            f"{k} {np.nanmedian([x[k] for x in r]):.2f}/{np.nanmean([x[k] for x in r]):.2f}"
             for k in ("sdr", "sir", "sar", "stoi")
         )
         print(f"{name:11s} (median/mean) {stats}")
