@@ -408,7 +408,7 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert main([*base[:2], str(best), *base[3:], *small]) == 0  # the default preset: best
     assert not (tmp_path / "best.bnn.ckpt").exists()  # removed after success
     sp = load_model(best).metadata["speech"]
-    assert sp["spectrogram"]["context"] == 1 and sp["spectrogram"]["floor_percentile"] == 20
+    assert sp["spectrogram"]["context"] == 1 and sp["spectrogram"]["floor_percentile"] == 50
     from bitnn.io import read_provenance  # how the mixtures were drawn: beside the model
 
     assert read_provenance(best)["speech"]["data_options"]["mixtures"] == 20

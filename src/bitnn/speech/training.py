@@ -34,7 +34,7 @@ from bitnn.train.trainer import TrainConfig, train_network
 # held-out noise type: docs/results/denoise-exploration.md).
 PRESET_DENOISING: dict[str, dict[str, float]] = {
     "paper": {"context": 0, "floor_percentile": 0.0, "loss_weights": 0.0},
-    "best": {"context": 1, "floor_percentile": 20.0, "loss_weights": 0.5},
+    "best": {"context": 1, "floor_percentile": 50.0, "loss_weights": 0.5},
 }
 
 
