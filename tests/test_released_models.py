@@ -34,7 +34,7 @@ GOLDEN = {
         "daababe68f65a371fbab678649fe7e0b9f5e21471906225e78c8c2470bdd5a13",
         "e7bd302cd6cb93c33ab640fffd0b4010a2316fad9819e7cf49651ba4144ac487",
     ),
-    "denoise-8k.bnn": ("a12c99bfd15a1ac20d210312a01e7a5f7eeecb50ff20383bc99035ca449b48b6", None),
+    "denoise-8k.bnn": ("156ce26dc3df7dc9ea2be89b8def3323ef794fb8540ce56140ea1d94d2d98360", None),
     "digits-8k.bnn": (
         "3861646217d3b3c0904b5120ce2aac9365642881f086a7d68559df71de9e6b02",
         "5cb8263f47e01a0bad484fcfa809873caf58c242f73a8c20a9c998315a144a7f",
