@@ -428,6 +428,7 @@ def test_bit_weights_weigh_each_bits_loss_and_are_checked(tmp_path):
         (np.ones((200, 2)), r"shape \(200, 2\); the targets' is \(200, 3\)"),
         (-weights, ">= 0"),
         (np.full(Y.shape, np.nan), "finite"),
+        (np.zeros(Y.shape), "all 0: no bit's loss would count"),
     ]:
         with pytest.raises(InputError, match=match):
             train_network(X, Y, cfg, bit_weights=bad)

@@ -196,8 +196,8 @@ def validate_targets(
 
 
 def validate_bit_weights(w: Any, y: np.ndarray, output: str) -> np.ndarray:
-    """Check per-bit loss weights against bit targets ``y``: same shape, finite, >= 0.
-    Returns them as float32, or float16 when given so (half the memory on large sets)."""
+    """Check per-bit loss weights against bit targets ``y``: same shape, finite, >= 0, not all
+    0. Returns them as float32, or float16 when given so (half the memory on large sets)."""
     if output != "bits":
         raise InputError("bit_weights weigh the loss of bit outputs; these targets are classes")
     a = np.asarray(w)
@@ -208,6 +208,10 @@ def validate_bit_weights(w: Any, y: np.ndarray, output: str) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 else np.float32)
     if a.size and not (np.all(np.isfinite(a)) and a.min() >= 0):
         raise InputError("bit_weights must be finite numbers >= 0")
+    if a.size and not a.any():
+        raise InputError(
+            "bit_weights are all 0: no bit's loss would count, nothing would be learned"
+        )
     return a
 
 
