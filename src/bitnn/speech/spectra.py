@@ -237,9 +237,8 @@ def mask_error_weights(speech: np.ndarray, noise: np.ndarray, power: float) -> n
     peak = d.max() if d.size else 0.0
     if not peak > 0:
         return np.ones_like(d, dtype=np.float32)
-    w = (d / peak) ** power  # in [0, 1]: no overflow at any power
-    mean = w.mean()
-    return (w / mean if mean > 0 else np.ones_like(w)).astype(np.float32)
+    w = (d / peak) ** power  # in [0, 1], the peak 1: no overflow, and the mean is > 0
+    return (w / w.mean()).astype(np.float32)
 
 
 def apply_mask(mixture: np.ndarray, mask: np.ndarray) -> np.ndarray:
