@@ -237,6 +237,9 @@ def test_preset_conflicts_are_refused_before_reading_data(tmp_path, capsys):
     assert "--augment-elastic needs image_shape" in capsys.readouterr().err
     assert main(["train", "mnist", "-o", out, "--augment-elastic", "-1"]) == 2
     assert "--augment-elastic must be a number >= 0, not -1.0" in capsys.readouterr().err
+    # a smoothness for distortions that are off would be silently ignored
+    assert main(["train", "mnist", "-o", out, "--augment-elastic-sigma", "3"]) == 2
+    assert "which are off: add --augment-elastic" in capsys.readouterr().err
 
 
 def test_presets_carry_the_paper_architecture_for_mnist():

@@ -448,6 +448,11 @@ def _config_from_args(args: argparse.Namespace, dataset: str | None) -> tuple[An
         for name, flag in _FLAGS.items():
             message = re.sub(rf"\b{name}\b(?=( must| cannot| needs|=))", flag, message)
         raise InputError(message) from None
+    if "augment_elastic_sigma" in explicit and not config.augment_elastic:
+        raise InputError(
+            "--augment-elastic-sigma shapes elastic distortions, which are off: add "
+            "--augment-elastic A (for example 20) or drop --augment-elastic-sigma"
+        )
     _report_overrides(args.preset, explicit, dataset)
     return config, binarizer
 
