@@ -102,9 +102,10 @@ def run_systems(models: list[Model], specs, audio: AudioCache) -> dict[str, list
         for m in models:
             d = m.denoiser
             Xm, feats = mixture_features(x, d.config, d.level_rms)  # one pass for BNN and twin
-            masks = {f"BNN ({m.name})": d.network.predict(feats, d.engine)}
+            # the twin's mask gets the model's majority vote over frames too
+            masks = {f"BNN ({m.name})": d.smooth(d.network.predict(feats, d.engine))}
             if m.twin:
-                masks[f"real-valued twin ({m.name})"] = m.twin.predict(feats)
+                masks[f"real-valued twin ({m.name})"] = d.smooth(m.twin.predict(feats))
             for label, mask in masks.items():
                 estimates[label] = istft(apply_mask(Xm, mask), d.config, x.size)
         for label in systems:

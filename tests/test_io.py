@@ -175,6 +175,20 @@ def _weight_outside_mask(t):
     t["layers.1.weight"] = w | free
 
 
+def _speech(**extra) -> dict:
+    """A denoiser's metadata entry (docs/format.md, section 5) plus ``extra`` keys."""
+    spectrogram = {"rate": 8000, "frame": 512, "hop": 128, "window": "hann", "context": 0,
+                   "floor_percentile": 0.0}  # fmt: skip
+    return {"level_rms": 0.05, "spectrogram": spectrogram, **extra}
+
+
+def test_speech_metadata_keeps_its_optional_majority_vote():
+    net = small_network()
+    for extra in ({}, {"mask_majority_frames": 3}):
+        net.metadata = {"speech": _speech(**extra)}
+        assert io.model_from_bytes(io.model_to_bytes(net)).metadata == net.metadata
+
+
 REFUSED = [
     ("unknown tensor", lambda t: _set(t, "extra", np.zeros(4, np.uint8)), None, "'extra'"),
     ("weight padding", lambda t: _flip_last(t, "layers.0.weight", 7), None, "padding bits"),
@@ -233,6 +247,18 @@ REFUSED = [
     ("unknown key", None, lambda d: d.update(extra=1), "unknown keys \\['extra'\\]"),
     ("unknown layer key", None, lambda d: d["layers"][1].update(x=1), "layers\\[1\\]"),
     ("unknown metadata", None, lambda d: d["metadata"].update(note="x"), "metadata.note"),
+    (
+        "even majority vote",
+        None,
+        lambda d: d["metadata"].update(speech=_speech(mask_majority_frames=4)),
+        "mask_majority_frames must be an odd number from 1 to 15",
+    ),
+    (
+        "unknown speech key",
+        None,
+        lambda d: d["metadata"].update(speech=_speech(smoothing=3)),
+        "metadata.speech.*optionally mask_majority_frames",
+    ),
     ("bool as int", None, lambda d: d["layers"][0].update(n_out=True), "layers\\[0\\].n_out"),
     ("other shape", None, lambda d: d["layers"][2].update(n_out=4), "layers.2.weight.*shape"),
     ("unknown code", None, lambda d: d["binarizer"]["params"].update(code="x"), "params.code"),

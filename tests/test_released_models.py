@@ -77,3 +77,12 @@ def test_released_model_answers_are_unchanged(name, engine):
     assert digest(net.predict(X, engine)) == pred_pin
     if scores_pin is not None:
         assert digest(net.scores(X, engine)) == scores_pin
+
+
+def test_released_denoisers_vote_as_released():
+    """The best denoiser's mask is a majority vote over 3 frames (given to the same network in
+    session 12, scripts/set_mask_majority.py); the paper one's is used as it is."""
+    from bitnn.speech.denoise import Denoiser
+
+    assert Denoiser(load_model(MODELS / "denoise-8k.bnn")).mask_majority_frames == 3
+    assert Denoiser(load_model(MODELS / "denoise-8k-paper.bnn")).mask_majority_frames == 1

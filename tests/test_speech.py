@@ -27,6 +27,7 @@ from bitnn.speech.spectra import (  # noqa: E402
     frame_features,
     ideal_binary_mask,
     istft,
+    majority_over_frames,
     mask_error_weights,
     stft,
 )
@@ -199,6 +200,70 @@ def test_denoiser_keeps_length_and_guards_its_input():
     classifier = BitNetwork([BitLayer.from_values(np.ones((3, 4)))], output="scores")
     with pytest.raises(InputError, match="not a denoiser"):
         Denoiser(classifier)
+
+
+def test_majority_over_frames_is_a_vote_along_each_bin():
+    from scipy.ndimage import convolve
+
+    rng = np.random.default_rng(4)
+    for frames in (1, 3, 5, 7):
+        for n in (1, 2, 3, 7, 40):
+            m = (rng.random((n, 9)) < 0.5).astype(np.uint8)
+            votes = convolve(m.astype(np.int32), np.ones((frames, 1), np.int32), mode="nearest")
+            expected = (2 * votes > frames).astype(np.uint8)
+            got = majority_over_frames(m, frames)
+            assert got.dtype == np.uint8
+            np.testing.assert_array_equal(got, expected)
+    burst = np.zeros((6, 2), np.uint8)
+    burst[2, 0] = 1  # one frame of noise let through
+    assert not majority_over_frames(burst, 3).any()
+    gap = np.ones((6, 2), np.uint8)
+    gap[3, 1] = 0  # one frame of speech dropped
+    assert majority_over_frames(gap, 3).all()
+    ends = np.array([[1], [0], [0], [1], [1]], np.uint8)  # the ends repeat the edge frames
+    np.testing.assert_array_equal(majority_over_frames(ends, 3)[:, 0], [1, 0, 0, 1, 1])
+    for bad in (0, 2, 17, True, 3.0, -1):
+        with pytest.raises(InputError, match="odd number of frames"):
+            majority_over_frames(burst, bad)
+    with pytest.raises(InputError, match="frames, bins"):
+        majority_over_frames(np.ones(5, np.uint8), 3)
+
+
+def test_denoiser_applies_its_models_majority_vote():
+    from bitnn.progress import ProgressBar
+
+    d = random_denoiser(context=1)
+    x = voiced(2.0, 140, 5) + noise(2.0, 6)
+    _, feats = mixture_features(x, d.config, d.level_rms)
+    raw = d.network.predict(feats)
+    np.testing.assert_array_equal(d.mask(x)[1], raw)  # speech_metadata's default: no vote
+
+    def with_meta(meta, **kw):
+        net = d.network
+        return Denoiser(BitNetwork(net.layers, net.binarizer, "bits", meta), **kw)
+
+    voting = with_meta(speech_metadata(d.config, 0.05, 3))
+    voted = voting.mask(x)[1]
+    np.testing.assert_array_equal(voted, majority_over_frames(raw, 3))
+    assert not np.array_equal(voted, raw)
+    bar = ProgressBar(1, enabled=False)  # the path for long files votes over the whole mask
+    np.testing.assert_array_equal(voting.mask(x, bar)[1], voted)
+    np.testing.assert_array_equal(
+        voting(x), istft(apply_mask(voting.mask(x)[0], voted), d.config, x.size)
+    )
+    np.testing.assert_array_equal(
+        with_meta(speech_metadata(d.config, 0.05, 3), mask_majority_frames=1).mask(x)[1], raw
+    )
+    old = speech_metadata(d.config, 0.05)
+    del old["speech"]["mask_majority_frames"]  # a model made before the setting existed
+    np.testing.assert_array_equal(with_meta(old).mask(x)[1], raw)
+    old["speech"]["mask_majority_frames"] = 4
+    with pytest.raises(InputError, match=r"speech settings: .*odd number"):
+        with_meta(old)
+    with pytest.raises(InputError, match="odd number"):
+        with_meta(speech_metadata(d.config, 0.05), mask_majority_frames=2)
+    with pytest.raises(InputError, match="odd number"):
+        speech_metadata(d.config, 0.05, 0)
 
 
 def test_denoiser_level_does_not_move_the_mask():
@@ -414,6 +479,8 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert read_provenance(best)["speech"]["data_options"]["mixtures"] == 20
     assert read_provenance(best)["speech"]["loss_weights"] == 0.5  # the preset's bit weights
     assert read_provenance(model)["speech"]["loss_weights"] == 0.0
+    assert sp["mask_majority_frames"] == 3  # the presets' majority votes over frames
+    assert load_model(model).metadata["speech"]["mask_majority_frames"] == 1
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
     resumed = [*base, "--resume", "--force", "--keep-checkpoint"]
@@ -463,6 +530,15 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert rate == 8000 and y.shape == (8000,)  # 1 s
     assert main(["denoise", str(model), str(src), "-o", str(out)]) == 2  # no silent overwrite
     assert "already exists" in capsys.readouterr().err
+    voted = tmp_path / "voted.wav"
+    assert main(["denoise", str(model), str(src), "-o", str(voted), "--mask-majority", "3"]) == 0
+    capsys.readouterr()
+    assert not np.array_equal(sf.read(voted)[0], y)  # the vote changed some bits
+    bad = tmp_path / "even.wav"
+    assert main(["denoise", str(model), str(src), "-o", str(bad), "--mask-majority", "2"]) == 2
+    assert "odd number of frames" in capsys.readouterr().err and not bad.exists()
+    assert main([*base, "--resume", "--force", "--mask-majority", "4"]) == 2
+    assert "odd number of frames" in capsys.readouterr().err
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(4000, np.float32), RATE)
     assert main(["denoise", str(model), str(silent), "-o", str(tmp_path / "s.wav")]) == 0

@@ -221,6 +221,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"samples, hop {sp.get('hop')}; sees {sp.get('context')} frame(s) on each side"
             + (f"; magnitudes relative to their bin's {floor:g}th percentile" if floor else "")
             + "; outputs a binary mask per frame"
+            + (
+                f", each bit the majority of its bin's bits in {votes} frames"
+                if (votes := speech.get("mask_majority_frames", 1)) > 1
+                else ""
+            )
         )
     keywords = net.metadata.get("keywords")  # read as is: info needs no scipy
     if isinstance(keywords, dict):
@@ -688,7 +693,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
     output = check_output_file(args.output, args.force)
     _refuse_same_file(output, args.model, args.input)
-    denoiser = Denoiser(load_model(args.model), args.engine)
+    denoiser = Denoiser(load_model(args.model), args.engine, args.mask_majority)
     x, notes = read_audio(args.input, denoiser.rate)
     for note in notes:
         print(f"note: {args.input}: {note}", file=sys.stderr)
@@ -834,6 +839,17 @@ _DENOISER_DATA = [
 ]
 
 
+def _add_mask_majority_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--mask-majority",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep a mask bit where most of its bin's bits in N neighbouring frames (odd; 1: "
+        f"no vote) are set, which drops single-frame bursts of noise; {default}",
+    )
+
+
 def _training_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """(model, checkpoint) paths of a training command, after its common checks."""
     output = Path(args.output)
@@ -875,7 +891,8 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
     import time
 
     from bitnn.binarize import binarizer_from_spec
-    from bitnn.speech.training import denoising_data, train_denoiser
+    from bitnn.speech.spectra import check_majority_frames
+    from bitnn.speech.training import PRESET_DENOISING, denoising_data, train_denoiser
 
     started_at = time.perf_counter()
     output, checkpoint = _training_paths(args)
@@ -897,13 +914,18 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
             if given is None:
                 data_options[name] = started.get(name)
         config, binarizer = None, None
+        # not a training setting: a new value applies; a run from before it existed had none
+        majority = speech.get("mask_majority_frames", 1)
     else:
         args.preset = args.preset or "best"
         config, spec = _config_from_args(args, "denoise")  # conflicts before data is read
+        majority = PRESET_DENOISING[args.preset]["mask_majority_frames"]
         binarizer = binarizer_from_spec(spec)
         from bitnn.train.trainer import resolve_device
 
         resolve_device(config.device)
+    if args.mask_majority is not None:
+        majority = check_majority_frames(args.mask_majority)
     for _, name, default in _DENOISER_DATA:
         if data_options[name] is None:
             data_options[name] = default
@@ -929,6 +951,7 @@ def cmd_train_denoiser(args: argparse.Namespace) -> int:
         config,
         binarizer,
         lc_db=data_options["lc_db"],
+        mask_majority_frames=majority,
         checkpoint_path=checkpoint,
         resume=args.resume,
         threads=args.threads,
@@ -1041,6 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="denoised wav to write")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.add_argument("--engine", default=None, help="engine (default: fastest available)")
+    _add_mask_majority_option(s, "default: the model's own (1 in models made before it)")
     s.set_defaults(func=cmd_denoise)
 
     s = sub.add_parser(
@@ -1078,7 +1102,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--floor-percentile",
         type=float,
         default=None,
-        help="magnitudes relative to this percentile of their bin (0: off; best: 20)",
+        help="magnitudes relative to this percentile of their bin (0: off; best: 50)",
     )
     s.add_argument("--lc-db", type=float, default=None, help="IBM local SNR criterion (0 dB)")
     s.add_argument(
@@ -1089,6 +1113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weigh each bit's loss by the error energy a wrong bit costs, to this power "
         "(0: every bit the same; paper: 0, best: 0.5)",
     )
+    _add_mask_majority_option(s, "default: the preset's (paper: 1, best: 3)")
     s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")

@@ -361,6 +361,8 @@ _TEXT_KEYS = {
     "preset": 64,
     "bitnn_version": 64,
 }
+_SPEECH_KEYS = ("spectrogram", "level_rms", "mask_majority_frames")  # the last optional
+MAX_MAJORITY_FRAMES = 15  # the longest majority vote over frames (bitnn.speech.spectra)
 _SPECTROGRAM_INTS = {"rate": (1000, 10**6), "frame": (16, 1 << 20), "hop": (1, 1 << 19)}
 
 
@@ -433,10 +435,19 @@ def _metadata_problem(key: str, value: Any) -> str | None:
             return f"must be a string of at most {_TEXT_KEYS[key]} characters"
         return None
     if key == "speech":
-        if not isinstance(value, dict) or set(value) != {"spectrogram", "level_rms"}:
-            return "must be an object with exactly the keys level_rms and spectrogram"
+        if not (
+            isinstance(value, dict)
+            and {"spectrogram", "level_rms"} <= set(value) <= set(_SPEECH_KEYS)
+        ):
+            return (
+                "must be an object with the keys level_rms and spectrogram, and optionally "
+                "mask_majority_frames"
+            )
         if not (_is_number(value["level_rms"]) and value["level_rms"] > 0):
             return "level_rms must be a positive number"
+        frames = value.get("mask_majority_frames", 1)
+        if not (_is_int(frames, 1, MAX_MAJORITY_FRAMES) and frames % 2):
+            return f"mask_majority_frames must be an odd number from 1 to {MAX_MAJORITY_FRAMES}"
         problem = _spectrogram_problem(value["spectrogram"])
         return None if problem is None else "spectrogram " + problem
     if key == "keywords":
@@ -453,7 +464,7 @@ def split_metadata(metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     rest: dict[str, Any] = {}
     for key, value in metadata.items():
         if key == "speech" and isinstance(value, dict):
-            inference = {k: value[k] for k in ("spectrogram", "level_rms") if k in value}
+            inference = {k: value[k] for k in _SPEECH_KEYS if k in value}
             if _metadata_problem(key, inference) is None:
                 model[key] = inference
                 extra = {k: v for k, v in value.items() if k not in inference}

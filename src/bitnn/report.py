@@ -243,13 +243,14 @@ def denoising_report(
             progress(f"example {i + 1} of {len(mixtures)}")
         x = mx.mixture
         X, feats = mixture_features(x, cfg, denoiser.level_rms)  # what the denoiser computes
-        mask = network.predict(feats)
+        mask = denoiser.smooth(network.predict(feats))
         denoised = istft(apply_mask(X, mask), cfg, x.size)
         S = stft(mx.speech, cfg)
         ideal = ideal_binary_mask(S, stft(mx.noise, cfg))
         signals = {"noisy": x, "BNN": denoised}
         if twin is not None:
-            signals["real-valued twin"] = istft(apply_mask(X, twin.predict(feats)), cfg, x.size)
+            twin_mask = denoiser.smooth(twin.predict(feats))  # the same vote as the BNN's
+            signals["real-valued twin"] = istft(apply_mask(X, twin_mask), cfg, x.size)
         signals["oracle IBM"] = istft(apply_mask(X, ideal), cfg, x.size)
         metrics = {
             name: separation_metrics(mx.speech, mx.noise, s, rate) for name, s in signals.items()

@@ -4,8 +4,10 @@ The network is an ordinary ``output="bits"`` BitNetwork (same engines, same mode
 metadata key ``"speech"`` holds the :class:`SpectrogramConfig` and the input level. For each
 STFT frame its raw input is the magnitudes of ``2 * context + 1`` frames (see
 :func:`frame_features`), binarized by the network's own fitted quantile binarizer; its output
-is one bit per frequency bin, the estimated Ideal Binary Mask. The masked mixture spectrum,
-with the mixture's phase, is inverted to the denoised signal.
+is one bit per frequency bin, the estimated Ideal Binary Mask, optionally smoothed by a
+majority vote of each bin's bits over ``mask_majority_frames`` neighbouring frames (metadata;
+1, no vote, in files made before it existed). The masked mixture spectrum, with the mixture's
+phase, is inverted to the denoised signal.
 
 Level: before the spectrum is binarized the signal is scaled to an RMS of ``level_rms``
 (training mixtures the same way), so a recording's loudness does not move its bits. The mask
@@ -29,9 +31,11 @@ from bitnn.speech.mixtures import power
 from bitnn.speech.spectra import (
     SpectrogramConfig,
     apply_mask,
+    check_majority_frames,
     frame_features,
     ideal_binary_mask,
     istft,
+    majority_over_frames,
     mask_error_weights,
     relative_to_floor,
     stft,
@@ -87,10 +91,12 @@ def training_examples(
 
 @dataclass
 class Denoiser:
-    """Runs a denoising BitNetwork on signals at its rate."""
+    """Runs a denoising BitNetwork on signals at its rate. ``mask_majority_frames`` (odd)
+    replaces the model's own majority vote over frames (1: the network's bits as they are)."""
 
     network: BitNetwork
     engine: str | None = None
+    mask_majority_frames: int | None = None
 
     def __post_init__(self) -> None:
         meta = self.network.metadata.get(SPEECH_KEY)
@@ -108,6 +114,14 @@ class Denoiser:
             ) from None
         if not (np.isfinite(self.level_rms) and self.level_rms > 0):
             raise InputError("the model's input level must be a positive number; retrain it")
+        if self.mask_majority_frames is None:
+            try:
+                self.mask_majority_frames = check_majority_frames(
+                    meta.get("mask_majority_frames", 1)
+                )
+            except InputError as exc:
+                raise InputError(f"the model's speech settings: {exc}; retrain it") from None
+        check_majority_frames(self.mask_majority_frames)
         n_in = self.network.binarizer.n_features_in_ if self.network.binarizer else None
         if self.network.n_outputs != self.config.n_bins or n_in != (
             self.config.n_bins * self.config.n_frames_seen
@@ -124,17 +138,25 @@ class Denoiser:
     def mask(
         self, x: np.ndarray, progress: ProgressBar | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(mixture spectrum, mask bits)``, both ``(n_frames, n_bins)``."""
+        """``(mixture spectrum, mask bits)``, both ``(n_frames, n_bins)``: the network's bits
+        after the majority vote over frames (:meth:`smooth`)."""
         X, feats = mixture_features(x, self.config, self.level_rms)
         if progress is None:
-            return X, self.network.predict(feats, self.engine)
+            return X, self.smooth(self.network.predict(feats, self.engine))
         progress.total = max(1, feats.shape[0])
         masks = []
         for start in range(0, feats.shape[0], BLOCK_FRAMES):
             masks.append(self.network.predict(feats[start : start + BLOCK_FRAMES], self.engine))
             progress.update(min(start + BLOCK_FRAMES, feats.shape[0]))
         progress.close()
-        return X, np.concatenate(masks)
+        return X, self.smooth(np.concatenate(masks))
+
+    def smooth(self, mask: np.ndarray) -> np.ndarray:
+        """A mask of this model's network (or of its real-valued twin) after the model's
+        majority vote over frames."""
+        if self.mask_majority_frames == 1:
+            return mask
+        return majority_over_frames(mask, self.mask_majority_frames)
 
     def __call__(self, x: np.ndarray, progress: ProgressBar | None = None) -> np.ndarray:
         """Denoise a mono float signal at :attr:`rate`; same length out. ``progress`` shows
@@ -151,6 +173,16 @@ class Denoiser:
         return istft(apply_mask(X, m), self.config, x.size)
 
 
-def speech_metadata(config: SpectrogramConfig, level_rms: float, **extra: Any) -> dict[str, Any]:
+def speech_metadata(
+    config: SpectrogramConfig, level_rms: float, mask_majority_frames: int = 1, **extra: Any
+) -> dict[str, Any]:
     """The metadata entry a denoising network carries."""
-    return {SPEECH_KEY: {"spectrogram": config.to_json(), "level_rms": level_rms, **extra}}
+    check_majority_frames(mask_majority_frames)
+    return {
+        SPEECH_KEY: {
+            "spectrogram": config.to_json(),
+            "level_rms": level_rms,
+            "mask_majority_frames": mask_majority_frames,
+            **extra,
+        }
+    }

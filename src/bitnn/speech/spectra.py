@@ -14,7 +14,8 @@ either end repeat the first or last frame), one row per frame: the raw input of 
 network, binarized by its own fitted ``QuantileBinarizer``.
 
 An Ideal Binary Mask keeps a bin where speech dominates noise:
-``20 * log10(|S| / |N|) > lc_db`` (``lc_db = 0``: ``|S| > |N|``).
+``20 * log10(|S| / |N|) > lc_db`` (``lc_db = 0``: ``|S| > |N|``). A network's estimate may be
+smoothed by a majority vote over neighbouring frames (:func:`majority_over_frames`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import ShortTimeFFT, get_window
 
 from bitnn.errors import InputError
+from bitnn.io import MAX_MAJORITY_FRAMES
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,42 @@ def mask_error_weights(speech: np.ndarray, noise: np.ndarray, power: float) -> n
         return np.ones_like(d, dtype=np.float32)
     w = (d / peak) ** power  # in [0, 1], the peak 1: no overflow, and the mean is > 0
     return (w / w.mean()).astype(np.float32)
+
+
+def check_majority_frames(frames: Any) -> int:
+    """``frames`` when it is an odd whole number from 1 to ``MAX_MAJORITY_FRAMES``."""
+    if not (
+        isinstance(frames, int)
+        and not isinstance(frames, bool)
+        and frames % 2
+        and 1 <= frames <= MAX_MAJORITY_FRAMES
+    ):
+        raise InputError(
+            f"a majority vote over frames takes an odd number of frames from 1 (no vote) to "
+            f"{MAX_MAJORITY_FRAMES}, not {frames!r}"
+        )
+    return frames
+
+
+def majority_over_frames(mask: np.ndarray, frames: int) -> np.ndarray:
+    """uint8 ``(n_frames, n_bins)`` mask whose bit ``(t, k)`` is the majority of bin k's bits
+    in frames ``t - frames // 2 .. t + frames // 2`` (the first and last frame repeated beyond
+    either end): bit logic that drops a bin's 1 set for a single frame (a burst of noise let
+    through) and fills a single-frame 0 inside speech. ``frames`` is odd; 1 leaves the mask
+    as it is."""
+    check_majority_frames(frames)
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise InputError(f"a mask is (frames, bins), got shape {m.shape}")
+    m = (m != 0).view(np.uint8)
+    half, n = frames // 2, m.shape[0]
+    if half == 0 or n == 0:
+        return m.copy()
+    padded = np.concatenate([np.repeat(m[:1], half, 0), m, np.repeat(m[-1:], half, 0)])
+    votes = padded[:n].copy()
+    for i in range(1, frames):
+        votes += padded[i : i + n]
+    return (votes > half).view(np.uint8)
 
 
 def apply_mask(mixture: np.ndarray, mask: np.ndarray) -> np.ndarray:

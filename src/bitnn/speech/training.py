@@ -28,14 +28,19 @@ from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_m
 from bitnn.speech.spectra import SpectrogramConfig
 from bitnn.train.trainer import TrainConfig, train_network
 
-# Frames and loss per preset: the paper's network sees one frame of plain magnitudes and
-# every bit weighs the same; "best" sees three, each bin relative to its noise floor, and
-# weighs each bit by the square root of what a wrong bit costs (chosen on held-out voices and a
-# held-out noise type: docs/results/denoise-exploration.md).
-PRESET_DENOISING: dict[str, dict[str, float]] = {
-    "paper": {"context": 0, "floor_percentile": 0.0, "loss_weights": 0.0},
-    "best": {"context": 1, "floor_percentile": 50.0, "loss_weights": 0.5},
-}
+# Frames, loss and mask per preset: the paper's network sees one frame of plain magnitudes,
+# every bit weighs the same and its mask is used as it is; "best" sees three, each bin relative
+# to its noise floor, weighs each bit by the square root of what a wrong bit costs, and keeps
+# a mask bit where most of its bin's bits in 3 frames are set (chosen on held-out voices and
+# held-out noises: docs/results/denoise-exploration.md).
+PRESET_DENOISING: dict[str, dict[str, float | int]] = {
+    "paper": {
+        "context": 0, "floor_percentile": 0.0, "loss_weights": 0.0, "mask_majority_frames": 1
+    },
+    "best": {
+        "context": 1, "floor_percentile": 50.0, "loss_weights": 0.5, "mask_majority_frames": 3
+    },
+}  # fmt: skip
 
 
 @dataclass
@@ -120,6 +125,7 @@ def train_denoiser(
     *,
     level_rms: float = DEFAULT_LEVEL_RMS,
     lc_db: float = 0.0,
+    mask_majority_frames: int = 1,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
@@ -128,7 +134,9 @@ def train_denoiser(
 ) -> BitNetwork:
     """Train a denoising BitNetwork on the frames of ``data.train`` (IBM targets with the
     local SNR criterion ``lc_db``); ``data.val`` frames are measured after every epoch (bit
-    accuracy). ``data_options`` (how the mixtures were drawn) go to the model's metadata and
+    accuracy); the model's denoiser then votes over ``mask_majority_frames`` frames of its
+    mask (:class:`~bitnn.speech.denoise.Denoiser`). ``data_options`` (how the mixtures were
+    drawn) go to the model's metadata and
     checkpoint, so that a resumed run can draw the same mixtures. With ``resume=True``,
     ``config`` and ``binarizer`` come from the checkpoint (pass None)."""
     spec = data.spectrogram
@@ -143,7 +151,7 @@ def train_denoiser(
             iter_mixtures(data.val, data.audio), spec, level_rms, lc_db
         )
     meta = speech_metadata(
-        spec, level_rms, lc_db=lc_db, loss_weights=data.loss_weights,
+        spec, level_rms, mask_majority_frames, lc_db=lc_db, loss_weights=data.loss_weights,
         n_train_mixtures=len(data.train),
         data_options=data_options or {},
     )  # fmt: skip
