@@ -130,6 +130,15 @@ def test_oracle_mask_resynthesis_removes_most_of_the_noise():
     snr_out = 10 * np.log10(power(s) / power(y - s))
     assert snr_out > snr_in + 8
     assert np.all(apply_mask(X, np.ones_like(m)) == X)
+    # the denoiser's path: uncentred spectra and the mask applied in place, the same samples
+    raw = stft(s + n, c, centred=False)
+    sign = np.where(np.arange(c.n_bins) % 2, -1, 1)
+    np.testing.assert_array_equal(raw * sign, X)
+    masked = apply_mask(raw, m, in_place=True)
+    assert masked is raw and masked.dtype == np.complex64
+    np.testing.assert_array_equal(istft(masked, c, s.size, centred=False), y)
+    with pytest.raises(InputError, match="complex64"):
+        apply_mask(X.astype(np.complex128), m, in_place=True)
 
 
 def test_mixtures_are_reproducible_exact_and_listed(corpus, tmp_path):

@@ -95,11 +95,15 @@ class SpectrogramConfig:
         return ShortTimeFFT(win, self.hop, self.rate, fft_mode="onesided", scale_to=None)
 
 
-def stft(x: np.ndarray, config: SpectrogramConfig) -> np.ndarray:
+def stft(x: np.ndarray, config: SpectrogramConfig, centred: bool = True) -> np.ndarray:
     """Mono signal ``(n,)`` -> complex64 spectrum ``(n_frames, n_bins)``, one row per frame:
     exactly ``ShortTimeFFT.stft`` (frames ``p_min .. p_max(n) - 1``, time origin of each FFT
     at its window's centre), computed in float32 by framing the signal and
-    ``scipy.fft.rfft`` (ShortTimeFFT itself works in float64 and takes several times longer)."""
+    ``scipy.fft.rfft`` (ShortTimeFFT itself works in float64 and takes several times longer).
+
+    ``centred=False`` leaves each FFT's time origin at its frame's first sample: bin k is
+    multiplied by ``(-1)**k``, so the magnitudes are the same, and ``istft(..., centred=False)``
+    inverts it (one pass over the spectrum less each way)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 1:
         raise InputError(f"stft takes a mono signal (1-D), got shape {x.shape}")
@@ -110,13 +114,17 @@ def stft(x: np.ndarray, config: SpectrogramConfig) -> np.ndarray:
     padded[g.offset : g.offset + x.size] = x
     frames = sliding_window_view(padded, config.frame)[:: config.hop][: g.n_frames]
     X = scipy.fft.rfft(frames * g.window, axis=1, overwrite_x=True)
-    X *= g.centre_phase
+    if centred:
+        X *= g.centre_phase
     return X.astype(np.complex64, copy=False)
 
 
-def istft(X: np.ndarray, config: SpectrogramConfig, n_samples: int) -> np.ndarray:
+def istft(
+    X: np.ndarray, config: SpectrogramConfig, n_samples: int, centred: bool = True
+) -> np.ndarray:
     """Inverse of :func:`stft` (``ShortTimeFFT.istft`` with its canonical dual window):
-    ``(n_frames, n_bins)`` -> float32 signal of ``n_samples``, by overlap-add."""
+    ``(n_frames, n_bins)`` -> float32 signal of ``n_samples``, by overlap-add; ``centred`` as
+    the spectrum was computed."""
     X = np.asarray(X)
     g = _geometry(config, n_samples)
     if X.ndim != 2 or X.shape != (g.n_frames, config.n_bins):
@@ -124,7 +132,9 @@ def istft(X: np.ndarray, config: SpectrogramConfig, n_samples: int) -> np.ndarra
             f"a spectrum of {n_samples} samples has shape ({g.n_frames}, {config.n_bins}), "
             f"got {X.shape}"
         )
-    frames = scipy.fft.irfft(X * g.centre_phase, n=config.frame, axis=1, overwrite_x=True)
+    if centred:
+        X = X * g.centre_phase
+    frames = scipy.fft.irfft(X, n=config.frame, axis=1, overwrite_x=centred)
     frames = frames.astype(np.float32, copy=False)
     frames *= g.dual_window
     hop, r = config.hop, config.frame // config.hop
@@ -279,6 +289,14 @@ def majority_over_frames(mask: np.ndarray, frames: int) -> np.ndarray:
     return (votes > half).view(np.uint8)
 
 
-def apply_mask(mixture: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The mixture's spectrum (magnitude and phase) where the mask is 1, zero elsewhere."""
-    return np.where(np.asarray(mask, dtype=bool), mixture, 0).astype(np.complex64)
+def apply_mask(mixture: np.ndarray, mask: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """The mixture's spectrum (magnitude and phase) where the mask is 1, zero elsewhere, as
+    complex64; ``in_place=True`` zeroes a complex64 ``mixture`` itself and returns it."""
+    if in_place:
+        if mixture.dtype != np.complex64:
+            raise InputError(f"only a complex64 spectrum is masked in place, not {mixture.dtype}")
+        np.copyto(mixture, 0, where=np.asarray(mask) == 0)
+        return mixture
+    return np.where(np.asarray(mask, dtype=bool), mixture, np.complex64(0)).astype(
+        np.complex64, copy=False
+    )
