@@ -116,6 +116,38 @@ def test_fast_binarize_matches_numpy(variant, binarizer, n_features):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_binarize_reads_rows_a_stride_apart_in_place(variant):
+    """Rows that overlap (a sliding window over frames), rows of a wider array, a repeated row
+    (stride 0), a reversed or column-strided view: the same bits as a contiguous copy."""
+    rng = np.random.default_rng(5)
+    eng = get_engine(variant)
+    frames = rng.gamma(1.0, 1.0, (40, 9)).astype(np.float32)
+    window = np.lib.stride_tricks.sliding_window_view(frames.reshape(-1), 27)[::9]
+    assert window.strides == (36, 4) and not window.flags.c_contiguous
+    wide = rng.gamma(1.0, 1.0, (30, 40)).astype(np.float32)
+    pixels = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    views = [
+        window,
+        wide[:, 5:32],
+        np.broadcast_to(frames[3, :1].repeat(27), (6, 27)),
+        wide[::-1, :27],
+        wide[:, :54:2],
+        pixels[3:, 7:34],
+        pixels[:1, 13:40],
+    ]
+    for view in views:
+        b = QuantileBinarizer(3, "thermometer").fit(np.ascontiguousarray(view))
+        contiguous = np.ascontiguousarray(view)
+        np.testing.assert_array_equal(eng.binarize(b, view), b.transform_packed(contiguous))
+    bad = frames.copy()
+    bad[5, 4] = np.nan  # in row 5 at column 4 of the frames: rows 4 and 5 of the window
+    window = np.lib.stride_tricks.sliding_window_view(bad.reshape(-1), 27)[::9]
+    b = QuantileBinarizer(2).fit(np.ascontiguousarray(window[6:]))
+    with pytest.raises(InputError, match="NaN"):
+        eng.binarize(b, window)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_bad_arrays_are_refused_or_converted(variant):
     rng = np.random.default_rng(0)
     layer = random_layer(rng, 100, 40, "threshold", True)
@@ -223,13 +255,13 @@ for variant in _kernels.available():
         else:
             raise AssertionError(f"B={B} K={K} Q={Q} passed the size check")
     f32 = np.zeros(64, np.float32)
-    for B, F in ((2**62, 1), (1, 2**61)):
+    for B, F, S in ((2**62, 1, 1), (1, 2**61, 2**61), (2**40, 1, 2**40), (3, 2**62, 2**62)):
         try:
-            _kernels.binarize(v, f32, 0, f32, None, B, F, 2**62, 1, 64, small, 0, small, 1)
+            _kernels.binarize(v, f32, 0, f32, None, B, F, 2**62, 1, 64, small, 0, small, 1, S)
         except ValueError:
             pass
         else:
-            raise AssertionError(f"B={B} F={F} passed the size check")
+            raise AssertionError(f"B={B} F={F} stride={S} passed the size check")
 print("sanitized kernels ok")
 """
 
@@ -293,10 +325,10 @@ for v, variant in enumerate(compiled.VARIANTS):
             raise SystemExit(f"{variant}: layer B={B} K={K} Q={Q} passed the size check")
         except ValueError:
             pass
-    for B, F in ((2**62, 1), (1, 2**61)):
+    for B, F, S in ((2**62, 1, 1), (1, 2**61, 2**61), (2**40, 1, 2**40), (3, 2**62, 2**62)):
         try:
-            _kernels.binarize(v, f32, 0, f32, None, B, F, 2**62, 1, 64, small, 0, small, 1)
-            raise SystemExit(f"{variant}: binarize B={B} F={F} passed the size check")
+            _kernels.binarize(v, f32, 0, f32, None, B, F, 2**62, 1, 64, small, 0, small, 1, S)
+            raise SystemExit(f"{variant}: binarize B={B} F={F} stride={S} passed the size check")
         except ValueError:
             pass
 print("refused")

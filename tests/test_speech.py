@@ -110,6 +110,11 @@ def test_frame_features_put_neighbours_side_by_side():
     np.testing.assert_array_equal(f[0], np.concatenate([m[0], m[0], m[1]]))  # repeated edge
     np.testing.assert_array_equal(f[3], np.concatenate([m[2], m[3], m[3]]))
     np.testing.assert_array_equal(frame_features(m, 0), m)
+    # a view of overlapping rows, not a copy: nothing can be written through it
+    assert not f.flags.writeable and f.strides == (12, 4)
+    f2 = frame_features(m, 2)
+    rows = [np.clip(np.arange(t - 2, t + 3), 0, 3) for t in range(4)]
+    np.testing.assert_array_equal(f2, np.stack([m[r].reshape(-1) for r in rows]))
 
 
 def test_ideal_binary_mask_and_its_local_criterion():

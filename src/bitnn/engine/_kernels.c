@@ -291,11 +291,11 @@ static layer_fn layer_kernel(int variant) {
  * clipped to 255 plus a "never" bit per edge and feature for edges above 255. */
 
 typedef struct {
-    const void *x;         /* B x F, uint8 or float32 */
+    const void *x;         /* B rows of F, uint8 or float32, row r at r * row_stride elements */
     int is_u8;
     const void *thr;       /* E x F_pad (uint8 for u8 input, float32 otherwise) */
     const uint64_t *never; /* u8 input: E x F_pad/64 bits, edge j of feature f unreachable */
-    int64_t B, F, F_pad, E, k, out_words;
+    int64_t B, F, F_pad, E, k, out_words, row_stride;
     const uint64_t *flips; /* k masks over the E edges */
     uint64_t c0;           /* bit b: code bit b at level 0 */
     uint64_t *out;         /* B x out_words, zero-initialised */
@@ -311,14 +311,14 @@ static inline __attribute__((always_inline)) void bin_portable_body(bin_args *a,
         for (int64_t f = 0; f < a->F; f++) {
             uint64_t t = 0;
             if (a->is_u8) {
-                uint8_t v = ((const uint8_t *)a->x)[r * a->F + f];
+                uint8_t v = ((const uint8_t *)a->x)[r * a->row_stride + f];
                 const uint8_t *thr = (const uint8_t *)a->thr;
                 for (int64_t j = 0; j < a->E; j++) {
                     uint64_t never = (a->never[j * chunks + f / 64] >> (f % 64)) & 1;
                     t |= (uint64_t)(v >= thr[j * a->F_pad + f] && !never) << j;
                 }
             } else {
-                float v = ((const float *)a->x)[r * a->F + f];
+                float v = ((const float *)a->x)[r * a->row_stride + f];
                 if (!__builtin_isfinite(v)) atomic_store(&a->bad, 1);
                 const float *thr = (const float *)a->thr;
                 for (int64_t j = 0; j < a->E; j++) t |= (uint64_t)(v >= thr[j * a->F_pad + f]) << j;
@@ -367,13 +367,13 @@ AVX512_TARGET static void bin_avx512(bin_args *a, int64_t r0, int64_t r1) {
             uint64_t valid = n == 64 ? ~0ULL : (1ULL << n) - 1;
             uint64_t t[64], v[8];
             if (a->is_u8) {
-                __m512i x = _mm512_maskz_loadu_epi8(valid, (const uint8_t *)a->x + r * F + f0);
+                __m512i x = _mm512_maskz_loadu_epi8(valid, (const uint8_t *)a->x + r * a->row_stride + f0);
                 const uint8_t *thr = (const uint8_t *)a->thr + f0;
                 for (int64_t j = 0; j < E; j++)
                     t[j] = _mm512_cmpge_epu8_mask(x, _mm512_loadu_si512(thr + j * FP)) &
                            ~a->never[j * chunks + c];
             } else {
-                const float *xs = (const float *)a->x + r * F + f0;
+                const float *xs = (const float *)a->x + r * a->row_stride + f0;
                 const float *thr = (const float *)a->thr + f0;
                 __m512 xq[4];
                 for (int q = 0; q < 4; q++) {
@@ -727,19 +727,20 @@ fail_x:
     return NULL;
 }
 
-/* binarize(variant, x, is_u8, thr, never_or_None, B, F, F_pad, E, k, flips, c0, out, threads)
- * -> bad (bool) */
+/* binarize(variant, x, is_u8, thr, never_or_None, B, F, F_pad, E, k, flips, c0, out, threads,
+ *          row_stride) -> bad (bool); row r of x starts row_stride >= 0 elements after row r-1
+ *          (rows may overlap: a sliding window over frames) */
 static PyObject *py_binarize(PyObject *self, PyObject *args) {
     int variant, is_u8, threads;
     PyObject *xo, *to, *no, *fo, *oo;
-    long long B, F, F_pad, E, k;
+    long long B, F, F_pad, E, k, row_stride;
     unsigned long long c0;
-    if (!PyArg_ParseTuple(args, "iOiOOLLLLLOKOi", &variant, &xo, &is_u8, &to, &no, &B, &F, &F_pad, &E, &k,
-                          &fo, &c0, &oo, &threads))
+    if (!PyArg_ParseTuple(args, "iOiOOLLLLLOKOiL", &variant, &xo, &is_u8, &to, &no, &B, &F, &F_pad, &E, &k,
+                          &fo, &c0, &oo, &threads, &row_stride))
         return NULL;
     if (check_variant(variant)) return NULL;
     if (B < 0 || F < 1 || F_pad < F || F_pad % 64 || E < 1 || E > 64 || k < 1 || k > 64 ||
-        (is_u8 && no == Py_None)) {
+        row_stride < 0 || (is_u8 && no == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "invalid binarizer dimensions");
         return NULL;
     }
@@ -750,13 +751,16 @@ static PyObject *py_binarize(PyObject *self, PyObject *args) {
     }
     int64_t out_words = bits_out / 64 + (bits_out % 64 != 0);
     Py_buffer xb, tb, nb, fb, ob;
-    if (get_buffer(xo, &xb, 0, size_product(B, F, is_u8 ? 1 : 4, 1), "input")) return NULL;
+    /* the last row ends (B - 1) * row_stride + F elements in */
+    int64_t span = B == 0 ? 0 : size_product(B - 1, row_stride, 1, 1);
+    int64_t x_bytes = span < 0 || span > INT64_MAX - F ? -1 : size_product(B == 0 ? 0 : span + F, is_u8 ? 1 : 4, 1, 1);
+    if (get_buffer(xo, &xb, 0, x_bytes, "input")) return NULL;
     if (get_buffer(to, &tb, 0, size_product(E, F_pad, is_u8 ? 1 : 4, 1), "thresholds")) goto fail_x;
     if (is_u8 && get_buffer(no, &nb, 0, size_product(E, F_pad / 64, 8, 1), "never")) goto fail_t;
     if (get_buffer(fo, &fb, 0, size_product(k, 8, 1, 1), "flips")) goto fail_n;
     if (get_buffer(oo, &ob, 1, size_product(B, out_words, 8, 1), "output")) goto fail_f;
-    bin_args a = {xb.buf, is_u8, tb.buf, is_u8 ? nb.buf : NULL, B, F, F_pad, E, k, out_words, fb.buf, c0,
-                  ob.buf, 0};
+    bin_args a = {xb.buf, is_u8, tb.buf, is_u8 ? nb.buf : NULL, B, F, F_pad, E, k, out_words, row_stride,
+                  fb.buf, c0, ob.buf, 0};
     bin_job job = {bin_kernel(variant, k), &a};
     int64_t work = size_product(B, F, E, 64);
     int nthreads = choose_threads(work < 0 ? INT64_MAX : work, threads);

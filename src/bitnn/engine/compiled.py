@@ -170,16 +170,29 @@ class CompiledEngine:
                 a = check_features(a, binarizer.n_features_in_)  # validates, converts to float32
         if a.shape[0] == 0 or a.shape[1] != binarizer.n_features_in_:
             check_features(a, binarizer.n_features_in_)  # raises the specific error
-        a = np.ascontiguousarray(a)
+        rows, row_stride = _rows_in_place(a)
         thr, never = (plan.thr_u8, plan.never) if is_u8 else (plan.thr_f32, None)
         out = np.zeros((a.shape[0], n_words(binarizer.n_bits_out_)), dtype=WORD_DTYPE)
         bad = _kernels.binarize(
-            self._code, a, int(is_u8), thr, never, a.shape[0], a.shape[1], plan.f_pad,
-            plan.n_edges, plan.k, plan.flips, plan.c0, out, self.threads,
+            self._code, rows, int(is_u8), thr, never, a.shape[0], a.shape[1], plan.f_pad,
+            plan.n_edges, plan.k, plan.flips, plan.c0, out, self.threads, row_stride,
         )  # fmt: skip
         if bad:
             check_features(a, binarizer.n_features_in_)  # raises with the row and column
         return out
+
+
+def _rows_in_place(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(contiguous memory, row stride in elements)`` from which the C binarizer reads the
+    rows of the 2-D ``a``: rows a constant stride apart with adjacent elements, such as the
+    overlapping rows of a sliding window over frames, are read where they are; other
+    layouts are copied into a contiguous array first."""
+    step, item = a.strides[0], a.itemsize
+    if a.flags.c_contiguous or not (a.strides[1] == item and step >= 0 and step % item == 0):
+        a = np.ascontiguousarray(a)
+        return a, a.shape[1]
+    span = (a.shape[0] - 1) * (step // item) + a.shape[1]
+    return np.lib.stride_tricks.as_strided(a, (span,), (item,)), step // item
 
 
 def _binarize_plan(b: Binarizer) -> SimpleNamespace | None:

@@ -217,13 +217,18 @@ def column_percentile(values: np.ndarray, percentile: float) -> np.ndarray:
 
 def frame_features(magnitude: np.ndarray, context: int) -> np.ndarray:
     """``(n_frames, n_bins)`` magnitudes -> ``(n_frames, (2 * context + 1) * n_bins)``: frame
-    ``t - context`` first, ``t + context`` last; the ends repeat the first and last frame."""
+    ``t - context`` first, ``t + context`` last; the ends repeat the first and last frame.
+
+    With context, a read-only view: row t is the ``2 * context + 1`` frames that start at
+    frame t of the padded magnitudes, one ``n_bins`` stride after row t - 1, so the rows
+    overlap in memory and are not copied (the compiled binarizer reads them in place)."""
     m = np.asarray(magnitude, dtype=np.float32)
     if context == 0:
         return m
     padded = np.concatenate([np.repeat(m[:1], context, 0), m, np.repeat(m[-1:], context, 0)])
-    n = m.shape[0]
-    return np.concatenate([padded[i : i + n] for i in range(2 * context + 1)], axis=1)
+    n, n_bins = m.shape
+    window = (2 * context + 1) * n_bins
+    return sliding_window_view(padded.reshape(-1), window)[::n_bins][:n]
 
 
 def ideal_binary_mask(speech: np.ndarray, noise: np.ndarray, lc_db: float = 0.0) -> np.ndarray:
