@@ -281,7 +281,15 @@ def denoising_report(
         f"takes {network.float32_bytes():,} bytes. Speed here: the {audio_seconds:.1f} s of "
         f"these examples, end to end (STFT, features, network, masking and inverse STFT), in "
         f"{1e3 * seconds:.1f} ms, {audio_seconds / max(seconds, 1e-9):,.0f}x faster than real "
-        "time (median of 5 runs, all threads).</p>",
+        "time (median of 5 runs, all threads)."
+        + (
+            f" Each mask bit is the majority of its bin's bits in "
+            f"{denoiser.mask_majority_frames} neighbouring frames"
+            + (" (the twin's too)." if twin is not None else ".")
+            if denoiser.mask_majority_frames > 1
+            else ""
+        )
+        + "</p>",
         "<p>Means over the examples on this page (STOI over those long enough for it):</p>",
         _table(
             ["system", "SDR (dB)", "SIR (dB)", "SAR (dB)", "STOI"],
