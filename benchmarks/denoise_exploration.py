@@ -61,6 +61,13 @@ def _majority(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
 # --post-filters: name -> (mask bits, integer output scores) -> mask bits
 POST_FILTERS = {
     "majority of 3 frames": lambda m, s: majority_over_frames(m, 3),  # the best preset's
+    "majority of 5 frames": lambda m, s: majority_over_frames(m, 5),
+    **{
+        f"thresholds {t:+d}, then majority of 3 frames": (
+            lambda m, s, t=t: majority_over_frames((s >= t).astype(np.uint8), 3)
+        )
+        for t in (8, 16)
+    },
     "majority of 3 bins": lambda m, s: _majority(m, np.ones((1, 3))),
     "majority of 5 (a bit, 2 frames, 2 bins)": lambda m, s: _majority(
         m, np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])

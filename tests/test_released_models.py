@@ -80,9 +80,9 @@ def test_released_model_answers_are_unchanged(name, engine):
 
 
 def test_released_denoisers_vote_as_released():
-    """The best denoiser's mask is a majority vote over 3 frames (given to the same network in
+    """The best denoiser's mask is a majority vote over 5 frames (given to the same network in
     session 12, scripts/set_mask_majority.py); the paper one's is used as it is."""
     from bitnn.speech.denoise import Denoiser
 
-    assert Denoiser(load_model(MODELS / "denoise-8k.bnn")).mask_majority_frames == 3
+    assert Denoiser(load_model(MODELS / "denoise-8k.bnn")).mask_majority_frames == 5
     assert Denoiser(load_model(MODELS / "denoise-8k-paper.bnn")).mask_majority_frames == 1

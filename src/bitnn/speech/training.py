@@ -31,14 +31,14 @@ from bitnn.train.trainer import TrainConfig, train_network
 # Frames, loss and mask per preset: the paper's network sees one frame of plain magnitudes,
 # every bit weighs the same and its mask is used as it is; "best" sees three, each bin relative
 # to its noise floor, weighs each bit by the square root of what a wrong bit costs, and keeps
-# a mask bit where most of its bin's bits in 3 frames are set (chosen on held-out voices and
+# a mask bit where most of its bin's bits in 5 frames are set (chosen on held-out voices and
 # held-out noises: docs/results/denoise-exploration.md).
 PRESET_DENOISING: dict[str, dict[str, float | int]] = {
     "paper": {
         "context": 0, "floor_percentile": 0.0, "loss_weights": 0.0, "mask_majority_frames": 1
     },
     "best": {
-        "context": 1, "floor_percentile": 50.0, "loss_weights": 0.5, "mask_majority_frames": 3
+        "context": 1, "floor_percentile": 50.0, "loss_weights": 0.5, "mask_majority_frames": 5
     },
 }  # fmt: skip
 
