@@ -5,7 +5,7 @@
 The network (weights, thresholds, bias bits, binarizer) is saved unchanged; only the model's
 ``mask_majority_frames`` (docs/format.md, section 5) becomes N, and its provenance
 (``MODEL.json``: training history, data options) is carried over to ``OUTPUT.json`` with a
-note of the change. ``models/denoise-8k.bnn`` took N = 3 this way (session 12), chosen on
+note of the change. ``models/denoise-8k.bnn`` took N = 3, then 5, this way (session 12), chosen on
 held-out voices and noises (docs/results/denoise-exploration.md).
 """
 

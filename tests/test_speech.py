@@ -597,3 +597,32 @@ def test_separation_metrics_follow_the_estimate():
         separation_metrics(s, n, s[:-1], RATE)
     short = separation_metrics(s[:2000], n[:2000], s[:2000], RATE)  # 0.25 s: too short
     assert np.isnan(short["stoi"]) and short["sdr"] > 30
+
+
+def test_set_mask_majority_script_keeps_the_network_and_its_provenance(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d = random_denoiser(context=1)
+    net = d.network
+    net.metadata = {**net.metadata, "training": {"history": [{"loss": 1.0}]}}
+    save_model(net, tmp_path / "m.bnn")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "set_mask_majority.py"
+    out = tmp_path / "voted.bnn"
+    run = [sys.executable, str(script), str(tmp_path / "m.bnn"), "5", "-o", str(out)]
+    assert subprocess.run(run, capture_output=True, text=True).returncode == 0
+    voted = load_model(out)
+    for a, b in zip(net.layers, voted.layers, strict=True):
+        np.testing.assert_array_equal(a.weight, b.weight)
+        np.testing.assert_array_equal(a.threshold, b.threshold)
+    assert Denoiser(voted).mask_majority_frames == 5
+    side = json.loads((tmp_path / "voted.bnn.json").read_text())["metadata"]
+    assert side["training"] == {"history": [{"loss": 1.0}]}  # the provenance carried over
+    assert side["revisions"] == ["mask_majority_frames 1 -> 5 (scripts/set_mask_majority.py)"]
+    again = subprocess.run(run, capture_output=True, text=True)  # never over a finished file
+    assert again.returncode == 2 and "exists" in again.stderr
+    even = [*run[:3], "4", "-o", str(tmp_path / "even.bnn")]
+    bad = subprocess.run(even, capture_output=True, text=True)
+    assert bad.returncode == 2 and "odd number" in bad.stderr and "Traceback" not in bad.stderr
