@@ -28,12 +28,10 @@ def with_majority(model: Path, frames: int) -> BitNetwork:
     check_majority_frames(frames)
     provenance = read_provenance(model) or {}
     metadata = {**provenance, **net.metadata}
-    metadata[SPEECH_KEY] = {
-        **provenance.get(SPEECH_KEY, {}),
-        **net.metadata[SPEECH_KEY],
-        "mask_majority_frames": frames,
-    }
-    before = net.metadata[SPEECH_KEY].get("mask_majority_frames", 1)
+    speech = {**provenance.get(SPEECH_KEY, {}), **net.metadata[SPEECH_KEY]}
+    before = speech.pop("mask_majority_frames", 1)
+    # no key for no vote, as bitnn.speech.denoise.speech_metadata writes it
+    metadata[SPEECH_KEY] = {**speech, **({"mask_majority_frames": frames} if frames > 1 else {})}
     note = f"mask_majority_frames {before} -> {frames} (scripts/set_mask_majority.py)"
     metadata["revisions"] = [*provenance.get("revisions", []), note]
     return BitNetwork(net.layers, net.binarizer, net.output, metadata)

@@ -115,6 +115,7 @@ def test_frame_features_put_neighbours_side_by_side():
     f2 = frame_features(m, 2)
     rows = [np.clip(np.arange(t - 2, t + 3), 0, 3) for t in range(4)]
     np.testing.assert_array_equal(f2, np.stack([m[r].reshape(-1) for r in rows]))
+    assert frame_features(m[:0], 1).shape == (0, 9)
 
 
 def test_ideal_binary_mask_and_its_local_criterion():
@@ -236,9 +237,10 @@ def test_majority_over_frames_is_a_vote_along_each_bin():
     assert majority_over_frames(gap, 3).all()
     ends = np.array([[1], [0], [0], [1], [1]], np.uint8)  # the ends repeat the edge frames
     np.testing.assert_array_equal(majority_over_frames(ends, 3)[:, 0], [1, 0, 0, 1, 1])
-    for bad in (0, 2, 17, True, 3.0, -1):
+    for bad in (0, 2, 17, True, np.True_, 3.0, "3", -1):
         with pytest.raises(InputError, match="odd number of frames"):
             majority_over_frames(burst, bad)
+    np.testing.assert_array_equal(majority_over_frames(gap, np.int64(3)), np.ones_like(gap))
     with pytest.raises(InputError, match="frames, bins"):
         majority_over_frames(np.ones(5, np.uint8), 3)
 
@@ -268,8 +270,8 @@ def test_denoiser_applies_its_models_majority_vote():
     np.testing.assert_array_equal(
         with_meta(speech_metadata(d.config, 0.05, 3), mask_majority_frames=1).mask(x)[1], raw
     )
-    old = speech_metadata(d.config, 0.05)
-    del old["speech"]["mask_majority_frames"]  # a model made before the setting existed
+    old = speech_metadata(d.config, 0.05)  # no vote: no key, as in models made before it
+    assert "mask_majority_frames" not in old["speech"]
     np.testing.assert_array_equal(with_meta(old).mask(x)[1], raw)
     old["speech"]["mask_majority_frames"] = 4
     with pytest.raises(InputError, match=r"speech settings: .*odd number"):
@@ -494,7 +496,7 @@ def test_cli_trains_a_denoiser_resumes_and_denoises_a_file(corpus, tmp_path, cap
     assert read_provenance(best)["speech"]["loss_weights"] == 0.5  # the preset's bit weights
     assert read_provenance(model)["speech"]["loss_weights"] == 0.0
     assert sp["mask_majority_frames"] == 5  # the presets' majority votes over frames
-    assert load_model(model).metadata["speech"]["mask_majority_frames"] == 1
+    assert "mask_majority_frames" not in load_model(model).metadata["speech"]  # no vote
     assert (tmp_path / "den.bnn.mixtures.csv").exists()
     first = load_model(model)
     resumed = [*base, "--resume", "--force", "--keep-checkpoint"]
@@ -621,6 +623,9 @@ def test_set_mask_majority_script_keeps_the_network_and_its_provenance(tmp_path)
     side = json.loads((tmp_path / "voted.bnn.json").read_text())["metadata"]
     assert side["training"] == {"history": [{"loss": 1.0}]}  # the provenance carried over
     assert side["revisions"] == ["mask_majority_frames 1 -> 5 (scripts/set_mask_majority.py)"]
+    off = tmp_path / "off.bnn"  # back to no vote: the key goes, as training writes it
+    assert subprocess.run([*run[:3], "1", "-o", str(off)], capture_output=True).returncode == 0
+    assert "mask_majority_frames" not in load_model(off).metadata["speech"]
     again = subprocess.run(run, capture_output=True, text=True)  # never over a finished file
     assert again.returncode == 2 and "exists" in again.stderr
     even = [*run[:3], "4", "-o", str(tmp_path / "even.bnn")]

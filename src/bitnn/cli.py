@@ -1113,7 +1113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="weigh each bit's loss by the error energy a wrong bit costs, to this power "
         "(0: every bit the same; paper: 0, best: 0.5)",
     )
-    _add_mask_majority_option(s, "default: the preset's (paper: 1, best: 5)")
+    _add_mask_majority_option(
+        s, "default: the preset's (paper: 1, best: 5), or with --resume the run's own"
+    )
     s.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT.ckpt)")
     s.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")

@@ -188,7 +188,9 @@ def _rows_in_place(a: np.ndarray) -> tuple[np.ndarray, int]:
     overlapping rows of a sliding window over frames, are read where they are; other
     layouts are copied into a contiguous array first."""
     step, item = a.strides[0], a.itemsize
-    if a.flags.c_contiguous or not (a.strides[1] == item and step >= 0 and step % item == 0):
+    if a.flags.c_contiguous or not (
+        a.strides[1] == item and step >= 0 and step % item == 0 and a.flags.aligned
+    ):
         a = np.ascontiguousarray(a)
         return a, a.shape[1]
     span = (a.shape[0] - 1) * (step // item) + a.shape[1]

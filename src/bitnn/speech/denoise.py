@@ -122,7 +122,7 @@ class Denoiser:
                 )
             except InputError as exc:
                 raise InputError(f"the model's speech settings: {exc}; retrain it") from None
-        check_majority_frames(self.mask_majority_frames)
+        self.mask_majority_frames = check_majority_frames(self.mask_majority_frames)
         n_in = self.network.binarizer.n_features_in_ if self.network.binarizer else None
         if self.network.n_outputs != self.config.n_bins or n_in != (
             self.config.n_bins * self.config.n_frames_seen
@@ -179,13 +179,8 @@ class Denoiser:
 def speech_metadata(
     config: SpectrogramConfig, level_rms: float, mask_majority_frames: int = 1, **extra: Any
 ) -> dict[str, Any]:
-    """The metadata entry a denoising network carries."""
-    check_majority_frames(mask_majority_frames)
-    return {
-        SPEECH_KEY: {
-            "spectrogram": config.to_json(),
-            "level_rms": level_rms,
-            "mask_majority_frames": mask_majority_frames,
-            **extra,
-        }
-    }
+    """The metadata entry a denoising network carries; ``mask_majority_frames`` only when it
+    votes (above 1), so that files without a vote stay readable by bitnn before the key."""
+    frames = check_majority_frames(mask_majority_frames)
+    vote = {"mask_majority_frames": frames} if frames > 1 else {}
+    return {SPEECH_KEY: {"spectrogram": config.to_json(), "level_rms": level_rms, **vote, **extra}}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -228,6 +229,8 @@ def frame_features(magnitude: np.ndarray, context: int) -> np.ndarray:
     padded = np.concatenate([np.repeat(m[:1], context, 0), m, np.repeat(m[-1:], context, 0)])
     n, n_bins = m.shape
     window = (2 * context + 1) * n_bins
+    if n == 0:
+        return np.empty((0, window), np.float32)
     return sliding_window_view(padded.reshape(-1), window)[::n_bins][:n]
 
 
@@ -259,18 +262,18 @@ def mask_error_weights(speech: np.ndarray, noise: np.ndarray, power: float) -> n
 
 
 def check_majority_frames(frames: Any) -> int:
-    """``frames`` when it is an odd whole number from 1 to ``MAX_MAJORITY_FRAMES``."""
-    if not (
-        isinstance(frames, int)
-        and not isinstance(frames, bool)
-        and frames % 2
-        and 1 <= frames <= MAX_MAJORITY_FRAMES
-    ):
+    """``frames`` as an int when it is an odd whole number (numpy integers too, not bools)
+    from 1 to ``MAX_MAJORITY_FRAMES``."""
+    try:
+        n = operator.index(frames) if not isinstance(frames, bool | np.bool_) else None
+    except TypeError:
+        n = None
+    if n is None or not (n % 2 and 1 <= n <= MAX_MAJORITY_FRAMES):
         raise InputError(
             f"a majority vote over frames takes an odd number of frames from 1 (no vote) to "
             f"{MAX_MAJORITY_FRAMES}, not {frames!r}"
         )
-    return frames
+    return int(n)
 
 
 def majority_over_frames(mask: np.ndarray, frames: int) -> np.ndarray:

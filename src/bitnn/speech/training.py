@@ -25,7 +25,7 @@ from bitnn.network import BitNetwork
 from bitnn.progress import log
 from bitnn.speech.denoise import DEFAULT_LEVEL_RMS, speech_metadata, training_examples
 from bitnn.speech.mixtures import AudioCache, MixtureSpec, draw_mixtures, iter_mixtures
-from bitnn.speech.spectra import SpectrogramConfig
+from bitnn.speech.spectra import SpectrogramConfig, check_majority_frames
 from bitnn.train.trainer import TrainConfig, train_network
 
 # Frames, loss and mask per preset: the paper's network sees one frame of plain magnitudes,
@@ -140,6 +140,7 @@ def train_denoiser(
     checkpoint, so that a resumed run can draw the same mixtures. With ``resume=True``,
     ``config`` and ``binarizer`` come from the checkpoint (pass None)."""
     spec = data.spectrogram
+    check_majority_frames(mask_majority_frames)  # before the slow part
     X, Y, W = training_examples(
         iter_mixtures(data.train, data.audio, "training frames"), spec, level_rms, lc_db,
         data.loss_weights,
