@@ -18,20 +18,17 @@ from pathlib import Path
 from bitnn.errors import BitnnError
 from bitnn.io import load_model, read_provenance, save_model
 from bitnn.network import BitNetwork
-from bitnn.speech.denoise import SPEECH_KEY, Denoiser
-from bitnn.speech.spectra import check_majority_frames
+from bitnn.speech.denoise import SPEECH_KEY, Denoiser, speech_metadata
 
 
 def with_majority(model: Path, frames: int) -> BitNetwork:
     net = load_model(model)
-    Denoiser(net)  # a denoiser, consistent with its settings
-    check_majority_frames(frames)
+    d = Denoiser(net)  # a denoiser, consistent with its settings
     provenance = read_provenance(model) or {}
     metadata = {**provenance, **net.metadata}
-    speech = {**provenance.get(SPEECH_KEY, {}), **net.metadata[SPEECH_KEY]}
-    before = speech.pop("mask_majority_frames", 1)
-    # no key for no vote, as bitnn.speech.denoise.speech_metadata writes it
-    metadata[SPEECH_KEY] = {**speech, **({"mask_majority_frames": frames} if frames > 1 else {})}
+    # the provenance's speech entry holds what the model file does not (data options, ...)
+    metadata |= speech_metadata(d.config, d.level_rms, frames, **provenance.get(SPEECH_KEY, {}))
+    before = d.mask_majority_frames
     note = f"mask_majority_frames {before} -> {frames} (scripts/set_mask_majority.py)"
     metadata["revisions"] = [*provenance.get("revisions", []), note]
     return BitNetwork(net.layers, net.binarizer, net.output, metadata)

@@ -25,6 +25,7 @@ import glob
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import struct
@@ -363,6 +364,20 @@ _TEXT_KEYS = {
 }
 _SPEECH_KEYS = ("spectrogram", "level_rms", "mask_majority_frames")  # the last optional
 MAX_MAJORITY_FRAMES = 15  # the longest majority vote over frames (bitnn.speech.spectra)
+
+
+def majority_frames_value(v: Any) -> int | None:
+    """``v`` as an int when it is an odd whole number (numpy integers too, not bools) from 1
+    to ``MAX_MAJORITY_FRAMES``: a majority vote's length over frames; else None."""
+    if isinstance(v, bool | np.bool_):
+        return None
+    try:
+        n = operator.index(v)
+    except TypeError:
+        return None
+    return n if n % 2 and 1 <= n <= MAX_MAJORITY_FRAMES else None
+
+
 _SPECTROGRAM_INTS = {"rate": (1000, 10**6), "frame": (16, 1 << 20), "hop": (1, 1 << 19)}
 
 
@@ -445,8 +460,7 @@ def _metadata_problem(key: str, value: Any) -> str | None:
             )
         if not (_is_number(value["level_rms"]) and value["level_rms"] > 0):
             return "level_rms must be a positive number"
-        frames = value.get("mask_majority_frames", 1)
-        if not (_is_int(frames, 1, MAX_MAJORITY_FRAMES) and frames % 2):
+        if majority_frames_value(value.get("mask_majority_frames", 1)) is None:
             return f"mask_majority_frames must be an odd number from 1 to {MAX_MAJORITY_FRAMES}"
         problem = _spectrogram_problem(value["spectrogram"])
         return None if problem is None else "spectrogram " + problem

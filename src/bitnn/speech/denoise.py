@@ -122,7 +122,8 @@ class Denoiser:
                 )
             except InputError as exc:
                 raise InputError(f"the model's speech settings: {exc}; retrain it") from None
-        self.mask_majority_frames = check_majority_frames(self.mask_majority_frames)
+        else:
+            self.mask_majority_frames = check_majority_frames(self.mask_majority_frames)
         n_in = self.network.binarizer.n_features_in_ if self.network.binarizer else None
         if self.network.n_outputs != self.config.n_bins or n_in != (
             self.config.n_bins * self.config.n_frames_seen

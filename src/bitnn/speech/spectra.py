@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import operator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import ShortTimeFFT, get_window
 
 from bitnn.errors import InputError
-from bitnn.io import MAX_MAJORITY_FRAMES
+from bitnn.io import MAX_MAJORITY_FRAMES, majority_frames_value
 
 
 @dataclass(frozen=True)
@@ -216,6 +215,11 @@ def column_percentile(values: np.ndarray, percentile: float) -> np.ndarray:
     return a + diff * gamma
 
 
+def _repeat_ends(frames: np.ndarray, n: int) -> np.ndarray:
+    """``frames`` with its first row repeated ``n`` times before it and its last after it."""
+    return np.concatenate([np.repeat(frames[:1], n, 0), frames, np.repeat(frames[-1:], n, 0)])
+
+
 def frame_features(magnitude: np.ndarray, context: int) -> np.ndarray:
     """``(n_frames, n_bins)`` magnitudes -> ``(n_frames, (2 * context + 1) * n_bins)``: frame
     ``t - context`` first, ``t + context`` last; the ends repeat the first and last frame.
@@ -226,7 +230,7 @@ def frame_features(magnitude: np.ndarray, context: int) -> np.ndarray:
     m = np.asarray(magnitude, dtype=np.float32)
     if context == 0:
         return m
-    padded = np.concatenate([np.repeat(m[:1], context, 0), m, np.repeat(m[-1:], context, 0)])
+    padded = _repeat_ends(m, context)
     n, n_bins = m.shape
     window = (2 * context + 1) * n_bins
     if n == 0:
@@ -263,17 +267,14 @@ def mask_error_weights(speech: np.ndarray, noise: np.ndarray, power: float) -> n
 
 def check_majority_frames(frames: Any) -> int:
     """``frames`` as an int when it is an odd whole number (numpy integers too, not bools)
-    from 1 to ``MAX_MAJORITY_FRAMES``."""
-    try:
-        n = operator.index(frames) if not isinstance(frames, bool | np.bool_) else None
-    except TypeError:
-        n = None
-    if n is None or not (n % 2 and 1 <= n <= MAX_MAJORITY_FRAMES):
+    from 1 to ``MAX_MAJORITY_FRAMES`` (:func:`bitnn.io.majority_frames_value`)."""
+    n = majority_frames_value(frames)
+    if n is None:
         raise InputError(
             f"a majority vote over frames takes an odd number of frames from 1 (no vote) to "
             f"{MAX_MAJORITY_FRAMES}, not {frames!r}"
         )
-    return int(n)
+    return n
 
 
 def majority_over_frames(mask: np.ndarray, frames: int) -> np.ndarray:
@@ -290,7 +291,7 @@ def majority_over_frames(mask: np.ndarray, frames: int) -> np.ndarray:
     half, n = frames // 2, m.shape[0]
     if half == 0 or n == 0:
         return m.copy()
-    padded = np.concatenate([np.repeat(m[:1], half, 0), m, np.repeat(m[-1:], half, 0)])
+    padded = _repeat_ends(m, half)
     votes = padded[:n].copy()
     for i in range(1, frames):
         votes += padded[i : i + n]
