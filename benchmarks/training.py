@@ -61,6 +61,7 @@ NETWORKS = {
     ),
 }
 NET = NETWORKS["mnist"]
+SPARSITY = 0.0  # --sparsity: the share of absent (zero) weights in the timed bit networks
 
 
 def _batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +82,7 @@ def _bit_mlp(hidden, round_: int, precision: str) -> tuple[BitMLP, torch.optim.O
     torch.manual_seed(0)
     cfg = TrainConfig(hidden=hidden, bias_kind=NET.bias_kind, dropout_input=NET.dropout[0],
                       dropout_hidden=NET.dropout[1])  # fmt: skip
-    model = BitMLP(NET.n_in, hidden, NET.n_out, NET.bias_kind, "bias", 0.0, *NET.dropout,
+    model = BitMLP(NET.n_in, hidden, NET.n_out, NET.bias_kind, "bias", SPARSITY, *NET.dropout,
                    output=NET.output)  # fmt: skip
     model.set_round(round_)
     model.set_precision(precision)
@@ -118,7 +119,8 @@ class _WhereTernarize(torch.autograd.Function):
 
 def _before_weight(self: BitLinear) -> torch.Tensor:
     w = self.real(self.weight)
-    return _WhereTernarize.apply(w, self.beta()) if self.binary else w
+    beta = self.real(torch.tensor(self.absent_below()))  # the paper's beta, on |tanh W|
+    return _WhereTernarize.apply(w, beta) if self.binary else w
 
 
 @contextlib.contextmanager
@@ -402,6 +404,10 @@ def main() -> None:
         "--batch", type=int, help="steps: 100 unless given; --epochs: the preset's unless given"
     )
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument(
+        "--sparsity", type=float, default=0.0,
+        help="steps, --profile: the bit networks' share of absent (zero) weights",
+    )  # fmt: skip
     p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
     p.add_argument("--threads", default="1,2", help="--profile, --epochs: thread counts")
     p.add_argument(
@@ -418,11 +424,13 @@ def main() -> None:
         help="quiet vs beside a busy process: a 1-core spin loop or another training",
     )
     args = p.parse_args()
-    global NET
-    NET = NETWORKS[args.network]
+    global NET, SPARSITY
+    NET, SPARSITY = NETWORKS[args.network], args.sparsity
     hidden = tuple(int(h) for h in args.hidden.split(","))
     epoch_batch, args.batch = args.batch, args.batch or 100
     shape = f"{NET.n_in} -> {args.hidden} -> {NET.n_out}, batch {args.batch}"
+    if SPARSITY:
+        shape += f", sparsity {SPARSITY}"
     if args.contention:
         print(f"{machine()}, PyTorch {torch.__version__}; {shape}; round 2, median of "
               f"{args.steps} steps")  # fmt: skip

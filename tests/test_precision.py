@@ -57,6 +57,8 @@ def test_round_2_forward_is_the_exact_integer_product(sparsity):
     def record(layer, inputs, _out):
         (h,) = inputs
         w = layer.effective_weight().detach().double()
+        absent = (w == 0).double().mean().item()  # sparsity's share, up to the sample's estimate
+        assert absent == pytest.approx(sparsity, abs=0.02)
         scale = layer.input_scale
         ints = torch.round(h.detach().double() / scale)
         assert set(ints.unique().tolist()) <= {-1.0, 0.0, 1.0}
@@ -101,6 +103,23 @@ def test_compiled_signs_are_pytorch_s_signs(n, monkeypatch):
     assert wi.dtype == torch.int8 and wb.dtype == torch.bfloat16
     assert torch.equal(wi, ti)
     assert torch.equal(wb.view(torch.int16), tb.view(torch.int16))  # the same bits
+
+
+@compiled
+@pytest.mark.parametrize("n", [9, 17, 1000, 16 * 4099 + 5])
+@pytest.mark.parametrize("t", [0.5, 2.0, float("inf")])
+def test_compiled_signs_leave_out_the_weights_below_a_threshold(n, t, monkeypatch):
+    """0 where |W| < t (the absent weights of sparsity): PyTorch's answer, bit for bit; NaN
+    is never absent (-1, as without a threshold); t = inf leaves out all finite weights."""
+    w = _latent(n)
+    w[8] = float("nan")
+    wi, wb = layers._latent_signs(w, t)
+    monkeypatch.setattr(layers, "_fused", None)
+    ti, tb = layers._latent_signs(w, t)
+    assert torch.equal(wi, ti)
+    assert torch.equal(wb.view(torch.int16), tb.view(torch.int16))
+    assert torch.equal(wi == 0, w.abs() < t) and wi[8] == -1
+    assert 0 < int((wi == 0).sum()) < n
 
 
 @compiled

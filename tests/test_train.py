@@ -2,6 +2,7 @@ import contextlib
 import dataclasses
 import io as stdio
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -153,6 +154,29 @@ def test_round_2_weight_op_equals_the_composed_ops():
     z = torch.tensor([-2.0, -0.0, 0.0, 1e-38, 3.0])
     assert sign_activation(z).tolist() == [-1.0, 1.0, 1.0, 1.0, 1.0]
     assert ternarize(z, 0.5).tolist() == [-1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_round_2_leaves_out_the_sparsity_share_of_smallest_weights():
+    """sparsity=0.3: 0 for about 30% of the weights, those of smallest |W| (the threshold from
+    a fixed sample of the weights), sign(W) for the rest; the gradient is tanh'(W) everywhere
+    (straight through ternarize, as without sparsity); the paper's beta is tanh of the
+    threshold: the same values as ternarize(tanh(W), beta) where tanh does not saturate."""
+    torch.manual_seed(0)
+    layer = BitLinear(700, 300, sparsity=0.3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(300, 700))
+    layer.binary = True
+    t = layer.absent_below()
+    w = layer.effective_weight()
+    assert (w == 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
+    assert torch.equal(w == 0, layer.weight.abs() < t)
+    assert torch.equal(w, ternarize(torch.tanh(layer.weight), math.tanh(t)))
+    grad = torch.randn(300, 700)
+    (g,) = torch.autograd.grad(w, layer.weight, grad)
+    assert torch.equal(g, torch.ops.aten.tanh_backward(grad, torch.tanh(layer.weight)))
+    assert layer.absent_below() == t  # the same sample every step
+    layer.sparsity = 0.0
+    assert layer.absent_below() == 0.0 and not torch.any(layer.effective_weight() == 0)
 
 
 def _blobs(n=400, seed=0):

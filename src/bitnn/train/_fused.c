@@ -3,8 +3,9 @@
  * for each of these, and with four layers of millions of weights they cost as much per step
  * as the matmuls; here each is one pass.
  *
- *   signs(W)        -> sign(W) as int8 (the forward's exact int8 product) and as bfloat16 (the
- *                      backward's bfloat16 product), +1 where W >= 0 (also -0), else -1.
+ *   signs(W, t)     -> sign(W) as int8 (the forward's exact int8 product) and as bfloat16 (the
+ *                      backward's bfloat16 product), +1 where W >= 0 (also -0), else -1, and
+ *                      0 where |W| < t (absent weights; t = 0 keeps them all).
  *   tanh_grad(G, W) -> float(G) * (1 - tanh(W)^2): the gradient of sign(tanh(W)) taken
  *                      straight through tanh, from G = dL/dsign in bfloat16.
  *
@@ -94,11 +95,12 @@ static void tanh_grad_sse(const float *w, const uint16_t *g, float *out, int64_t
 
 /* Plain loops: the compiler vectorizes them for each target; the results are exact. */
 __attribute__((target_clones("avx512f", "avx2", "default"))) static void signs_loop(
-    const float *w, int8_t *s8, uint16_t *s16, int64_t n) {
+    const float *w, int8_t *s8, uint16_t *s16, int64_t n, float t) {
     for (int64_t i = 0; i < n; i++) {
         int pos = w[i] >= 0.0f; /* -0 counts as positive, NaN as negative, as torch.ge */
-        s8[i] = pos ? 1 : -1;
-        s16[i] = pos ? 0x3F80 : 0xBF80; /* bfloat16 +1, -1 */
+        int absent = __builtin_fabsf(w[i]) < t; /* never for t = 0, nor for NaN */
+        s8[i] = absent ? 0 : pos ? 1 : -1;
+        s16[i] = absent ? 0 : pos ? 0x3F80 : 0xBF80; /* bfloat16 0, +1, -1 */
     }
 }
 
@@ -143,9 +145,10 @@ static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
 static PyObject *py_signs(PyObject *self, PyObject *args) {
     unsigned long long w, s8, s16;
     long long n;
-    if (!PyArg_ParseTuple(args, "KKKL", &w, &s8, &s16, &n)) return NULL;
+    float t = 0.0f;
+    if (!PyArg_ParseTuple(args, "KKKL|f", &w, &s8, &s16, &n, &t)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    signs_loop((const float *)w, (int8_t *)s8, (uint16_t *)s16, n);
+    signs_loop((const float *)w, (int8_t *)s8, (uint16_t *)s16, n, t);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -164,7 +167,8 @@ static PyObject *py_variants(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"tanh_grad", py_tanh_grad, METH_VARARGS,
      "out = float(G) * (1 - tanh(W)^2) (addresses, n[, variant]): the widest variant unless named."},
-    {"signs", py_signs, METH_VARARGS, "sign(W) as int8 and as bfloat16 (addresses, n)."},
+    {"signs", py_signs, METH_VARARGS,
+     "sign(W) as int8 and as bfloat16, 0 where |W| < t (addresses, n[, t])."},
     {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
     {NULL, NULL, 0, NULL},
 };
