@@ -30,6 +30,9 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # cosine | exponential | constant (per round)
     weight_decay: float = 0.0
+    # Classification only: cross-entropy against targets that give this share of the
+    # probability to the other classes evenly (label smoothing); 0 = one-hot targets.
+    label_smoothing: float = 0.0
     dropout_input: float = 0.0
     dropout_hidden: float = 0.0
     # Data augmentation for images: every training sample is moved by a random whole number of
@@ -97,7 +100,7 @@ class TrainConfig:
                 problems.append(f"{name} must be a number >= 0, not {value!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append("val_fraction must be in [0, 1)")
-        for name in ("dropout_input", "dropout_hidden", "sparsity"):
+        for name in ("dropout_input", "dropout_hidden", "sparsity", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1)")
         if self.precision not in ("float32", "bfloat16", "auto"):

@@ -412,7 +412,7 @@ class Trainer:
         self, out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         if self.data.output == "scores":
-            return F.cross_entropy(out, y)
+            return F.cross_entropy(out, y, label_smoothing=self.config.label_smoothing)
         w = None if weight is None else weight.float()
         return F.binary_cross_entropy_with_logits(out, y.float(), weight=w)
 
@@ -828,6 +828,8 @@ def train_network(
             }
         binarizer = checkpoint_binarizer(tensors, description)
     config = config or TrainConfig()
+    if config.label_smoothing and output == "bits":
+        raise InputError("label_smoothing is for class labels; these targets are output bits")
     w_tr = w_all
     if X_val is not None:
         x_tr, y_tr = x_all, y_all
