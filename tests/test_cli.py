@@ -256,7 +256,7 @@ def test_presets_carry_the_paper_architecture_for_mnist():
     values, _ = resolve("best", {}, None, "mnist")
     assert values["hidden"] == (2048, 2048, 2048) and values["bias_kind"] == "threshold"
     assert {k: values[k] for k in recipe} == recipe
-    assert (values["epochs_round1"], values["epochs_round2"]) == (30, 60)
+    assert (values["epochs_round1"], values["epochs_round2"]) == (30, 80)
     # denoising and keyword presets keep the trainer's own precision
     assert "precision" not in resolve("best", {}, None, "denoise")[0]
     values, _ = resolve("best", {"hidden": (64,), "epochs_round1": 1}, None, "mnist")

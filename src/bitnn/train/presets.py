@@ -115,7 +115,7 @@ PRESETS: dict[str, Preset] = {
         description="integer thresholds (folded BatchNorm), cosine schedule",
         fixed=("bias_kind", "output_bias_kind"),
         datasets={
-            "mnist": {**_MNIST, "hidden": (2048, 2048, 2048), "epochs_round2": 60},
+            "mnist": {**_MNIST, "hidden": (2048, 2048, 2048), "epochs_round2": 80},
             "denoise": _DENOISE,
             "keywords": _KEYWORDS,
         },
