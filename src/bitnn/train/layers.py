@@ -53,6 +53,12 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x).add_(0.5).sign_()
 
 
+def _ternary(v: torch.Tensor, t) -> torch.Tensor:
+    """:func:`_sign` of v, and 0 where |v| < t (absent weights; t = 0: none)."""
+    out = _sign(v)
+    return out.masked_fill_(v.abs() < t, 0.0) if t else out
+
+
 class _SignTanhSurrogate(torch.autograd.Function):
     """sign(z) forward (sign(0) = +1); tanh'(z) backward."""
 
@@ -72,8 +78,7 @@ class _TernarizeStraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, beta):  # type: ignore[override]
-        out = _sign(v)
-        return out.masked_fill_(v.abs() < beta, 0.0) if beta else out
+        return _ternary(v, beta)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -89,8 +94,7 @@ class _SignOfTanhStraightThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, t):  # type: ignore[override]
         ctx.save_for_backward(p)
-        out = _sign(p)
-        return out.masked_fill_(p.abs() < t, 0.0) if t else out
+        return _ternary(p, t)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
