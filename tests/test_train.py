@@ -552,6 +552,26 @@ def test_cpu_threads_default_leaves_busy_cores_to_others(monkeypatch):
             tr.cpu_threads(bad)
 
 
+@pytest.mark.parametrize(
+    ("readings", "busy"),
+    [(["2", "1", "1"], 0), (["1", "2", "1"], 0), (["3", "3", "2"], 1), (["3", "3", "3"], 2)],
+)
+def test_busy_cores_are_those_busy_in_every_reading(monkeypatch, readings, busy):
+    """A thread runnable in one reading of /proc/loadavg only (one of ours falling asleep, a
+    kernel worker) is not a busy neighbour; one in every reading is."""
+    import io as stdio
+
+    from bitnn.train import trainer as tr
+
+    left = list(readings)
+    monkeypatch.setattr(tr, "_own_running", lambda: 1)
+    monkeypatch.setattr(
+        tr, "open", lambda path: stdio.StringIO(f"0 0 0 {left.pop(0)}/90 7\n"), raising=False
+    )
+    assert tr._busy_elsewhere(gap=0) == busy
+    assert not left
+
+
 def test_threads_are_recorded_restored_and_a_resume_on_others_warns(tmp_path):
     X, y = _blobs()
     cfg = TrainConfig(hidden=(16,), epochs_round1=1, epochs_round2=1, seed=3, device="cpu")

@@ -729,20 +729,35 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def _busy_elsewhere() -> int:
+def _own_running() -> int:
+    """This process's threads that are running or runnable now."""
+    own = 0
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/stat") as f:
+            own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+    return own
+
+
+def _busy_elsewhere(samples: int = 3, gap: float = 0.01) -> int:
     """CPUs that other processes keep busy right now: the kernel's count of runnable threads
     (/proc/loadavg) less this process's own (its PyTorch threads may still be spinning after
-    earlier work). 0 where the counts cannot be read."""
+    earlier work), the least of ``samples`` readings ``gap`` seconds apart: a thread that is
+    runnable for an instant (one of ours going to sleep between two reads, a kernel worker) is
+    not a busy neighbour, and once took a test's training down to one thread. 0 where the
+    counts cannot be read."""
+    busy = []
     try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        own = 0
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/stat") as f:
-                own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        for i in range(samples):
+            if i:
+                time.sleep(gap)
+            before = _own_running()
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            own = max(before, _own_running())  # ours that ran at either side of the reading
+            busy.append(max(0, running - max(own, 1)))
     except (OSError, ValueError, IndexError):
         return 0
-    return max(0, running - max(own, 1))
+    return min(busy)
 
 
 def cpu_threads(requested: int | None = None) -> int:
