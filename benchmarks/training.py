@@ -17,7 +17,9 @@ CPU-bound process (a one-core spin loop, or another training on PyTorch's defaul
 with PyTorch's default thread count and with bitnn's (``bitnn.train.trainer.cpu_threads``).
 
 ``--precision`` takes ``bfloat16-torch`` too: bfloat16 with PyTorch's ops in place of the
-compiled passes over round 2's weights (``bitnn.train._fused``), to time what they replace.
+compiled passes over round 2's weights (``bitnn.train._fused``), to time what they replace;
+and ``float32-fast`` (float32 matmuls, round 2's forward by XNOR-popcount, the other fast ops:
+``auto`` on CPUs without fast bfloat16).
 
 ``--profile``: instead, the profile of the trainer's step side by side with a plain float32
 MLP of the same shape (tanh, Adam, cross-entropy, the same batch: what a bitnn step should
@@ -94,14 +96,14 @@ class _WhereSign(torch.autograd.Function):
     """The replaced sign activation: torch.where forward, tanh' backward."""
 
     @staticmethod
-    def forward(ctx, z):  # type: ignore[override]
+    def forward(ctx, z, fused=False):  # type: ignore[override]
         ctx.save_for_backward(z)
         return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (z,) = ctx.saved_tensors
-        return grad * (1 - torch.tanh(z) ** 2)
+        return grad * (1 - torch.tanh(z) ** 2), None
 
 
 class _WhereTernarize(torch.autograd.Function):
@@ -348,10 +350,11 @@ def _neighbour(kind: str, started) -> None:
     NEIGHBOURS[kind]()
 
 
-def contention_main(hidden, batch, steps, neighbour_kind: str) -> None:
-    """Round-2 step time, quiet and beside one CPU-bound process, with PyTorch's default
-    thread count (one per core) and with bitnn's (``cpu_threads``: the CPUs this process may
-    use, less those busy elsewhere when training starts)."""
+def contention_main(hidden, batch, steps, neighbour_kind: str, precision: str) -> None:
+    """Round-2 step time at ``precision`` (the first of ``--precision``), quiet and beside one
+    CPU-bound process, with PyTorch's default thread count (one per core) and with bitnn's
+    (``cpu_threads``: the CPUs this process may use, less those busy elsewhere when training
+    starts)."""
     import multiprocessing
     import os
 
@@ -374,12 +377,15 @@ def contention_main(hidden, batch, steps, neighbour_kind: str) -> None:
             times = {}
             for name, n in (("PyTorch default", cores), ("bitnn default", chosen)):
                 torch.set_num_threads(n)
-                times[name] = (n, step_times(hidden, batch, steps, 2, False))
+                with _precision(precision) as p:
+                    times[name] = (n, step_times(hidden, batch, steps, 2, False, p))
             rows.append((label, times))
         finally:
             if neighbour is not None:
                 neighbour.terminate()
                 neighbour.join()
+    print(f"round 2 at precision {precision}")
+    print()
     print("| machine | PyTorch default (threads, step) | bitnn default (threads, step) |")
     print("|---|---:|---:|")
     for label, t in rows:
@@ -411,8 +417,10 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="against float32, and where time goes")
     p.add_argument("--threads", default="1,2", help="--profile, --epochs: thread counts")
     p.add_argument(
-        "--precision", default="float32,bfloat16", help="--profile, --epochs: precisions to time"
-    )
+        "--precision", default="float32,bfloat16",
+        help="--profile, --epochs: precisions to time (float32, float32-fast, bfloat16, "
+        "bfloat16-torch); --contention: the first",
+    )  # fmt: skip
     p.add_argument(
         "--epochs", type=int, metavar="N",
         help="instead, N epochs of each round of the MNIST paper preset (median) against a "
@@ -435,7 +443,8 @@ def main() -> None:
         print(f"{machine()}, PyTorch {torch.__version__}; {shape}; round 2, median of "
               f"{args.steps} steps")  # fmt: skip
         print()
-        contention_main(hidden, args.batch, args.steps, args.contention)
+        precision = args.precision.split(",")[0]
+        contention_main(hidden, args.batch, args.steps, args.contention, precision)
         return
     threads = [int(t) for t in args.threads.split(",")]
     precisions = args.precision.split(",")

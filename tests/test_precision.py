@@ -1,5 +1,6 @@
 """precision=bfloat16: round 2's forward products exact in int8, bfloat16 gradients close to
-float32's, bit-exact conversion, and a fallback to float32 that says so."""
+float32's, bit-exact conversion, and a fallback to float32-fast that says so; float32-fast:
+float32's values with the compiled passes and cheaper dropout masks."""
 
 import contextlib
 import io as stdio
@@ -20,6 +21,7 @@ from bitnn.train.trainer import TrainConfig, to_bipolar, train_network  # noqa: 
 fast = pytest.mark.skipif(
     not trainer_module.fast_bfloat16(), reason="this CPU has no fast bfloat16 (AMX, AVX512-BF16)"
 )
+compiled = pytest.mark.skipif(layers._fused is None, reason="bitnn.train._fused not built")
 
 
 def _model(round_, precision, sparsity=0.0, bias_kind="threshold", dropout=(0.1, 0.2)):
@@ -45,12 +47,19 @@ def _batch(n=40, n_in=96, seed=1):
     return x, torch.randint(0, 10, (n,), generator=g)
 
 
-@fast
-@pytest.mark.parametrize("sparsity", [0.0, 0.3])
-def test_round_2_forward_is_the_exact_integer_product(sparsity):
+@pytest.mark.parametrize(
+    ("precision", "sparsity"),
+    [
+        pytest.param("bfloat16", 0.0, marks=fast),
+        pytest.param("bfloat16", 0.3, marks=fast),
+        # XNOR-popcount (float32-fast leaves absent weights to F.linear)
+        pytest.param("float32-fast", 0.0, marks=compiled),
+    ],
+)
+def test_round_2_forward_is_the_exact_integer_product(precision, sparsity):
     """Every layer's dot product in training (dropout on) is the exact integer product of
     the -1/0/+1 inputs and weights, times the dropout scale once."""
-    model = _model(2, "bfloat16", sparsity)
+    model = _model(2, precision, sparsity)
     x, _ = _batch()
     seen = []
 
@@ -74,14 +83,118 @@ def test_round_2_forward_is_the_exact_integer_product(sparsity):
         assert torch.equal(got, want)
 
 
+@compiled
+def test_float32_fast_round_2_takes_the_popcount_kernel(monkeypatch):
+    """float32-fast's round 2 multiplies with the engine's XNOR-popcount kernel (every layer,
+    the thread count PyTorch runs), not with a float32 matmul."""
+    calls = []
+    real = layers._engine._kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def layer(self, *args):
+            calls.append(args[-1])
+            return real.layer(*args)
+
+    monkeypatch.setattr(layers._engine, "_kernels", Spy())
+    x, y = _batch()
+    torch.set_num_threads(1)
+    try:
+        _step(_model(2, "float32-fast"), x, y, 9)
+    finally:
+        torch.set_num_threads(2)
+    assert calls == [1, 1, 1]
+
+
+@compiled
+@pytest.mark.parametrize("cols", [1, 63, 64, 65, 130, 1568])
+def test_packed_signs_are_numpy_s_bits(cols):
+    """Bit j of a row: x >= 0 (-0 and NaN as +1, float32's signs); mask: x != 0; counts:
+    the mask's ones; LSB first in 64-bit words, the last word's high bits 0; every variant."""
+    g = torch.Generator().manual_seed(cols)
+    x = torch.randint(-1, 2, (37, cols), generator=g).float() * 1.25
+    x.view(-1)[:3] = torch.tensor([-0.0, float("nan"), -1e-30])[: x.numel()]
+    flat = x.numpy()
+    sign = ~(flat < 0)
+    nonzero = flat != 0
+
+    def words(b):
+        padded = np.zeros((b.shape[0], -(-cols // 64) * 64), bool)
+        padded[:, :cols] = b
+        return np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
+
+    for variant in layers._fused.variants():
+        bits, mask, counts = layers._packed_signs(x, True)
+        rows = bits.shape[0]
+        b2, m2 = np.empty_like(bits), np.empty_like(mask)
+        c2 = np.empty_like(counts)
+        layers._fused.pack_signs(
+            x.data_ptr(), rows, cols, b2.ctypes.data, m2.ctypes.data, c2.ctypes.data, variant
+        )
+        for got_bits, got_mask, got_counts in ((bits, mask, counts), (b2, m2, c2)):
+            np.testing.assert_array_equal(got_bits, words(sign))
+            np.testing.assert_array_equal(got_mask, words(nonzero))
+            np.testing.assert_array_equal(got_counts, nonzero.sum(1))
+
+
+@compiled
+@pytest.mark.parametrize("cols", [1, 63, 64, 65, 1568])
+def test_the_weight_pass_gives_bits_signs_and_tanh_prime_as_the_separate_passes(cols):
+    """float32-fast's one pass over W: pack_signs's bits, sign(W) as float32 (bit for bit
+    _latent_signs_float's) and 1 - tanh(W)^2 (tanh_grad_float's values for a gradient of
+    ones), in every variant; without signs wanted, none."""
+    w = _latent(7 * cols + 8)[8 : 8 + 7 * cols].reshape(7, cols).clone()
+    w.view(-1)[: min(8, w.numel())] = _latent(8)[: min(8, w.numel())]
+    bits_ref, _, _ = layers._packed_signs(w, False)
+    signs_ref = layers._latent_signs_float(w)
+    dtanh_ref = layers._latent_grad(torch.ones_like(w), w)
+    for variant in layers._fused.variants():
+        bits = np.empty_like(bits_ref)
+        dtanh, signs = torch.empty_like(w), torch.empty_like(w)
+        layers._fused.weight_pass(
+            w.data_ptr(), 7, cols, bits.ctypes.data, dtanh.data_ptr(), signs.data_ptr(), variant
+        )
+        np.testing.assert_array_equal(bits, bits_ref)
+        assert torch.equal(signs.view(torch.int32), signs_ref.view(torch.int32))
+        torch.testing.assert_close(dtanh, dtanh_ref, rtol=1e-5, atol=1e-6)
+    bits, dtanh, signs = layers._weight_pass(w, False)
+    assert signs is None
+    np.testing.assert_array_equal(bits, bits_ref)
+    assert torch.equal(dtanh, dtanh_ref)  # the widest variant, as tanh_grad_float's
+
+
+@compiled
+@pytest.mark.parametrize(("units", "samples"), [(1, 1), (10, 400), (33, 65), (1024, 400)])
+def test_scores_come_back_transposed_as_float32_times_the_scale(units, samples):
+    g = torch.Generator().manual_seed(units)
+    scores = torch.randint(-1568, 1569, (units, samples), generator=g)
+    for scale in (1.0, 1 / 0.9, 1.25):
+        out = torch.empty(samples, units)
+        layers._fused.scores_t(scores.data_ptr(), out.data_ptr(), units, samples, scale)
+        assert torch.equal(out, scores.t().float() * torch.tensor(scale, dtype=torch.float32))
+
+
+def test_the_fused_sign_surrogate_is_the_separate_ops_up_to_rounding():
+    z = torch.randn(4000, generator=torch.Generator().manual_seed(2)) * 3
+    z[:3] = torch.tensor([0.0, -0.0, 40.0])
+    grads = {}
+    for fused in (False, True):
+        zz = z.clone().requires_grad_()
+        out = layers.sign_activation(zz, fused)
+        assert torch.equal(out, layers._sign(z))
+        out.backward(torch.linspace(-2, 2, 4000))
+        grads[fused] = zz.grad
+    assert torch.equal(grads[False], torch.linspace(-2, 2, 4000) * (1 - torch.tanh(z) ** 2))
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)
+
+
 def test_int8_weight_signs_are_the_float_signs():
     """round 2's int8 weights are sign() of the latent weights, sign(0) = sign(-0) = +1."""
     p = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0]).repeat(7, 3)
     assert torch.equal(_int8_signs(p), _sign(p).to(torch.int8))
     assert _int8_signs(p).dtype == torch.int8
-
-
-compiled = pytest.mark.skipif(layers._fused is None, reason="bitnn.train._fused not built")
 
 
 def _latent(n, seed=0):
@@ -120,6 +233,47 @@ def test_compiled_signs_leave_out_the_weights_below_a_threshold(n, t, monkeypatc
     assert torch.equal(wb.view(torch.int16), tb.view(torch.int16))
     assert torch.equal(wi == 0, w.abs() < t) and wi[8] == -1
     assert 0 < int((wi == 0).sum()) < n
+
+
+@compiled
+@pytest.mark.parametrize("n", [1, 15, 17, 1000, 16 * 4099 + 5])
+@pytest.mark.parametrize("t", [0.0, 0.5, float("inf")])
+def test_compiled_float_signs_are_pytorch_s_ternary(n, t, monkeypatch):
+    """float32-fast's weights: sign(W) as float32 (sign(-0) = +1, NaN +1 as float32's
+    PyTorch ops have it), 0 where |W| < t, bit for bit what PyTorch's ops give."""
+    w = _latent(max(n, 9))[:n]
+    if n > 8:
+        w[8] = float("nan")
+    got = layers._latent_signs_float(w, t)
+    monkeypatch.setattr(layers, "_fused", None)
+    want = layers._latent_signs_float(w, t)
+    assert got.dtype == torch.float32
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # no -0.0 for +0.0
+    assert torch.equal(want, layers._ternary(w, t))
+
+
+@compiled
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000, 16 * 4099 + 5])
+def test_compiled_float_tanh_grad_is_pytorch_s_within_a_few_ulp(n, monkeypatch):
+    """G * (1 - tanh(W)^2) with G in float32 (float32-fast's weight gradient), in every
+    vector width this CPU runs."""
+    w = _latent(max(n, 8))[:n]
+    g = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    got = layers._latent_grad(g, w)
+    variants = layers._fused.variants()
+    widths = {}
+    for variant in variants:
+        widths[variant] = torch.empty(n)
+        layers._fused.tanh_grad_float(
+            w.data_ptr(), g.data_ptr(), widths[variant].data_ptr(), n, variant
+        )
+    monkeypatch.setattr(layers, "_fused", None)
+    want = torch.ops.aten.tanh_backward(g, torch.tanh(w))
+    assert torch.equal(layers._latent_grad(g, w), want)  # PyTorch's ops where not compiled
+    for out in (got, *widths.values()):
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        assert torch.all(out[4:8] == 0)
+    assert torch.equal(got, widths[variants[-1]])
 
 
 @compiled
@@ -162,15 +316,19 @@ def test_compiled_passes_write_on_the_cpu_whatever_the_default_device():
 def test_compiled_tanh_grad_refuses_a_variant_this_cpu_lacks():
     with pytest.raises(ValueError, match="no variant avx9"):
         layers._fused.tanh_grad(0, 0, 0, 0, "avx9")
+    with pytest.raises(ValueError, match="tanh_grad_float: no variant avx9"):
+        layers._fused.tanh_grad_float(0, 0, 0, 0, "avx9")
 
 
 @compiled
 def test_compiled_passes_refuse_a_gradient_of_another_shape():
     w = torch.zeros(4, 5)
-    with pytest.raises(ValueError, match="bfloat16 gradient"):
+    with pytest.raises(ValueError, match="bfloat16 or float32 gradient"):
         layers._latent_grad(torch.zeros(4, 6, dtype=torch.bfloat16), w)
-    with pytest.raises(ValueError, match="bfloat16 gradient"):
-        layers._latent_grad(torch.zeros(4, 5), w)
+    with pytest.raises(ValueError, match="bfloat16 or float32 gradient"):
+        layers._latent_grad(torch.zeros(4, 6), w)
+    with pytest.raises(ValueError, match="bfloat16 or float32 gradient"):
+        layers._latent_grad(torch.zeros(4, 5, dtype=torch.float64), w)
 
 
 @fast
@@ -188,6 +346,35 @@ def test_a_round_2_step_with_and_without_the_compiled_passes(monkeypatch):
         torch.testing.assert_close(g_c[name], g_t[name], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("round_", [1, 2])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3])
+def test_float32_fast_steps_are_float32_s_up_to_tanh_rounding(round_, sparsity):
+    """Without dropout (whose masks it draws differently) float32-fast computes float32's
+    logits bit for bit (the same signs, the same float32 matmuls) and its gradients up to
+    the rounding of the compiled tanh'; with compiled passes absent, float32's exactly."""
+    x, y = _batch()
+    steps = {}
+    for precision in ("float32", "float32-fast"):
+        model = _model(round_, precision, sparsity, bias_kind="bias", dropout=(0, 0))
+        steps[precision] = _step(model, x, y, 9)
+    (out32, g32), (outf, gf) = steps["float32"], steps["float32-fast"]
+    assert torch.equal(out32, outf)
+    assert g32.keys() == gf.keys()
+    for name in g32:
+        torch.testing.assert_close(gf[name], g32[name], rtol=1e-5, atol=1e-7)
+
+
+def test_float32_fast_dropout_is_bfloat16_s(monkeypatch):
+    """Both draw keep_mask's masks: with the same seed, the same kept units."""
+    h = torch.ones(64, 300)
+    outs = {}
+    for precision in ("float32", "float32-fast", "bfloat16"):
+        torch.manual_seed(3)
+        outs[precision] = _model(2, precision)._dropout(_model(2, precision).dropout_hidden, h)
+    assert torch.equal(outs["float32-fast"], outs["bfloat16"])
+    assert not torch.equal(outs["float32-fast"], outs["float32"])  # nn.Dropout's own draws
+
+
 @fast
 @pytest.mark.parametrize("round_", [1, 2])
 @pytest.mark.parametrize("bias_kind", ["bias", "threshold"])
@@ -203,8 +390,9 @@ def test_bfloat16_steps_match_float32_steps_closely(round_, bias_kind):
         assert err < 3e-2, (name, float(err))
 
 
-def test_bfloat16_dropout_keeps_1_minus_p_scaled_and_masks_gradients():
-    model = _model(2, "bfloat16")
+@pytest.mark.parametrize("precision", ["bfloat16", "float32-fast"])
+def test_fast_dropout_keeps_1_minus_p_scaled_and_masks_gradients(precision):
+    model = _model(2, precision)
     h = torch.ones(400, 500, requires_grad=True)
     torch.manual_seed(3)
     out = model._dropout(model.dropout_hidden, h)  # p = 0.2
@@ -284,19 +472,31 @@ def test_a_module_trained_in_bfloat16_converts_bit_exactly():
     np.testing.assert_array_equal(net.scores(X), scores.astype(np.int64))
 
 
-def test_bfloat16_falls_back_to_float32_with_one_warning(monkeypatch):
+def test_bfloat16_falls_back_to_float32_fast_with_one_warning(monkeypatch):
     monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: False)
     X, y = _blobs()
+    cfg = _cfg(precision="bfloat16", dropout_hidden=0.2)
     with contextlib.redirect_stderr(stdio.StringIO()), warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        net = train_network(X, y, _cfg(precision="bfloat16"), QuantileBinarizer(2), threads=1)
+        net = train_network(X, y, cfg, QuantileBinarizer(2), threads=1)
     messages = [str(m.message) for m in w if "bfloat16" in str(m.message)]
-    assert len(messages) == 1 and "runs in float32" in messages[0]
-    assert net.metadata["training"]["precision"] == "float32"
-    with contextlib.redirect_stderr(stdio.StringIO()):
-        ref = train_network(X, y, _cfg(), QuantileBinarizer(2), threads=1)
-    for a, b in zip(net.layers, ref.layers, strict=True):  # the fallback is plain float32
-        assert np.array_equal(a.weight, b.weight)
+    assert len(messages) == 1 and "runs in float32-fast" in messages[0]
+    assert net.metadata["training"]["precision"] == "float32-fast"
+    runs = {}
+    for precision in ("float32-fast", "float32"):
+        with contextlib.redirect_stderr(stdio.StringIO()):
+            cfg = _cfg(precision=precision, dropout_hidden=0.2)
+            runs[precision] = train_network(X, y, cfg, QuantileBinarizer(2), threads=1)
+    same = [
+        np.array_equal(a.weight, b.weight)
+        for a, b in zip(net.layers, runs["float32-fast"].layers, strict=True)
+    ]
+    assert all(same)  # the fallback is float32-fast itself
+    other = [
+        np.array_equal(a.weight, b.weight)
+        for a, b in zip(net.layers, runs["float32"].layers, strict=True)
+    ]
+    assert not all(other)  # not plain float32 (another dropout stream)
 
 
 def test_a_resume_at_another_precision_says_so(tmp_path, monkeypatch):
@@ -311,12 +511,12 @@ def test_a_resume_at_another_precision_says_so(tmp_path, monkeypatch):
     with contextlib.redirect_stderr(stdio.StringIO()), pytest.warns(UserWarning) as w:
         train_network(X, y, None, None, checkpoint_path=ckpt, resume=True)
     text = " ".join(str(m.message) for m in w)
-    assert "runs in float32" in text
-    assert "trained at precision bfloat16 before and resumes at float32" in text
+    assert "runs in float32-fast" in text
+    assert "trained at precision bfloat16 before and resumes at float32-fast" in text
 
 
 @pytest.mark.parametrize("fast_here", [True, False])
-def test_auto_precision_is_bfloat16_where_fast_and_float32_without_a_warning(
+def test_auto_precision_is_bfloat16_where_fast_and_float32_fast_without_a_warning(
     monkeypatch, fast_here
 ):
     monkeypatch.setattr(trainer_module, "fast_bfloat16", lambda: fast_here)
@@ -327,17 +527,18 @@ def test_auto_precision_is_bfloat16_where_fast_and_float32_without_a_warning(
         net = train_network(X, y, _cfg(precision="auto"), QuantileBinarizer(2), threads=1)
     assert not [m for m in w if "bfloat16" in str(m.message)]
     training = net.metadata["training"]
-    assert training["precision"] == ("bfloat16" if fast_here else "float32")
+    assert training["precision"] == ("bfloat16" if fast_here else "float32-fast")
     assert f"precision auto: {training['precision']}" in err.getvalue()  # said at the start
     assert training["config"]["precision"] == "auto"  # what was asked, beside what it ran at
-    assert trainer_module.resolve_precision("auto", torch.device("meta")) == "float32"
+    assert trainer_module.resolve_precision("auto", torch.device("meta")) == "float32"  # off CPU
+    assert trainer_module.resolve_precision("float32-fast", torch.device("cpu")) == "float32-fast"
 
 
 def test_precision_is_checked_and_old_configs_read_as_float32():
-    with pytest.raises(InputError, match="precision must be float32, bfloat16 or auto"):
+    with pytest.raises(InputError, match="precision must be float32, float32-fast, bfloat16 or"):
         TrainConfig(precision="float16")
     old = TrainConfig().to_json()
     del old["precision"]
     assert TrainConfig.from_json(old).precision == "float32"
-    with pytest.raises(InputError, match="precision must be float32 or bfloat16"):
+    with pytest.raises(InputError, match="precision must be float32, float32-fast or bfloat16"):
         BitMLP(4, (4,), 2).set_precision("int8")

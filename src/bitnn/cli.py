@@ -63,9 +63,10 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
         "--precision",
         "precision",
         str,
-        "float32; bfloat16: faster matmuls on CPUs with "
-        "bfloat16 dot products (AMX, AVX512-BF16), round 2's forward stays exact; "
-        "auto: bfloat16 where fast, else float32",
+        "float32: PyTorch's ops; bfloat16: faster matmuls on CPUs with "
+        "bfloat16 dot products (AMX, AVX512-BF16), round 2's forward stays exact, "
+        "cheaper dropout masks and compiled passes over the weights; float32-fast: "
+        "float32 matmuls with those other ops; auto: bfloat16 where fast, else float32-fast",
     ),
 ]
 

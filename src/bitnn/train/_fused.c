@@ -1,13 +1,27 @@
-/* Fused passes over round 2's latent weights W for training at precision bfloat16
- * (bitnn.train.layers._ExactBitLinear). PyTorch takes three to four passes over the weights
- * for each of these, and with four layers of millions of weights they cost as much per step
- * as the matmuls; here each is one pass.
+/* Fused passes over round 2's latent weights W for training at precision bfloat16 and
+ * float32-fast (bitnn.train.layers). PyTorch takes three to four passes over the weights for
+ * each of these, and with four layers of millions of weights they cost as much per step as
+ * the matmuls; here each is one pass.
  *
- *   signs(W, t)     -> sign(W) as int8 (the forward's exact int8 product) and as bfloat16 (the
- *                      backward's bfloat16 product), +1 where W >= 0 (also -0), else -1, and
- *                      0 where |W| < t (absent weights; t = 0 keeps them all).
- *   tanh_grad(G, W) -> float(G) * (1 - tanh(W)^2): the gradient of sign(tanh(W)) taken
- *                      straight through tanh, from G = dL/dsign in bfloat16.
+ *   signs(W, t)       -> sign(W) as int8 (the forward's exact int8 product) and as bfloat16
+ *                        (the backward's bfloat16 product), +1 where W >= 0 (also -0), else
+ *                        -1, and 0 where |W| < t (absent weights; t = 0 keeps them all).
+ *   signs_float(W, t) -> the same signs as float32 (float32-fast: float32 matmuls), but NaN
+ *                        +1 as in float32's PyTorch ops (it is -1 in the int8 path's).
+ *   tanh_grad(G, W)   -> float(G) * (1 - tanh(W)^2): the gradient of sign(tanh(W)) taken
+ *                        straight through tanh, from G = dL/dsign in bfloat16;
+ *                        tanh_grad_float takes G in float32.
+ *   pack_signs(X)     -> the rows of X as bits for the engine's XNOR-popcount layer kernel
+ *                        (float32-fast's exact round-2 forward): bit j of row r is 1 where
+ *                        X[r][j] is not negative (-0 and NaN count as +1, as float32's signs),
+ *                        LSB first in 64-bit words; optionally also a mask of X != 0 (the
+ *                        inputs dropout kept) and each row's count of those.
+ *   weight_pass(W)    -> for float32-fast's popcount forward, in one pass over the latent W
+ *                        (rows x cols): its sign bits as pack_signs packs them, 1 - tanh(W)^2
+ *                        (the backward multiplies the weight gradient by it: tanh_grad's
+ *                        values) and optionally sign(W) as float32 (for the input gradient).
+ *   scores_t(S, scale)-> the kernel's int64 scores S (units x samples) as float32 samples x
+ *                        units, times scale: transposed in tiles, converted, scaled, one pass.
  *
  * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, the
  * widest the CPU runs), within a few units in the last place of PyTorch's tanh. Single-threaded
@@ -36,35 +50,36 @@ static float bf16_to_float(uint16_t h) {
     return f;
 }
 
-/* One tanh_grad loop per vector width: BODY reads LANES elements at wp and gp and writes LANES
- * at op. The last partial vector goes through the same BODY from a zero-padded copy, so every
- * element gets the same tanh. */
-#define TANH_GRAD_LOOP(LANES, BODY)                                                            \
+/* One tanh_grad loop per vector width and gradient type G: BODY reads LANES elements at wp and
+ * gp and writes LANES at op. The last partial vector goes through the same BODY from a
+ * zero-padded copy, so every element gets the same tanh. */
+#define TANH_GRAD_LOOP(LANES, G, BODY)                                                            \
     int64_t i = 0;                                                                             \
     for (; i + LANES <= n; i += LANES) {                                                       \
         const float *wp = w + i;                                                               \
-        const uint16_t *gp = g + i;                                                            \
+        const G *gp = g + i;                                                                   \
         float *op = out + i;                                                                   \
         BODY                                                                                   \
     }                                                                                          \
     if (i < n) {                                                                               \
         float wt[LANES] = {0}, ot[LANES];                                                      \
-        uint16_t gt[LANES] = {0};                                                              \
+        G gt[LANES] = {0};                                                                     \
         memcpy(wt, w + i, (size_t)(n - i) * sizeof *w);                                        \
         memcpy(gt, g + i, (size_t)(n - i) * sizeof *g);                                        \
         const float *wp = wt;                                                                  \
-        const uint16_t *gp = gt;                                                               \
+        const G *gp = gt;                                                                      \
         float *op = ot;                                                                        \
         BODY                                                                                   \
         memcpy(out + i, ot, (size_t)(n - i) * sizeof *out);                                    \
     }
 
 typedef void (*tanh_grad_fn)(const float *w, const uint16_t *g, float *out, int64_t n);
+typedef void (*tanh_grad_float_fn)(const float *w, const float *g, float *out, int64_t n);
 
 __attribute__((target("avx512f"))) static void tanh_grad_avx512(const float *w, const uint16_t *g,
                                                                  float *out, int64_t n) {
     const __m512 one = _mm512_set1_ps(1.0f);
-    TANH_GRAD_LOOP(16, {
+    TANH_GRAD_LOOP(16, uint16_t, {
         __m512i g32 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)gp));
         __m512 gv = _mm512_castsi512_ps(_mm512_slli_epi32(g32, 16));
         __m512 t = _ZGVeN16v_tanhf(_mm512_loadu_ps(wp));
@@ -75,7 +90,7 @@ __attribute__((target("avx512f"))) static void tanh_grad_avx512(const float *w, 
 __attribute__((target("avx2"))) static void tanh_grad_avx2(const float *w, const uint16_t *g,
                                                             float *out, int64_t n) {
     const __m256 one = _mm256_set1_ps(1.0f);
-    TANH_GRAD_LOOP(8, {
+    TANH_GRAD_LOOP(8, uint16_t, {
         __m256i g32 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)gp));
         __m256 gv = _mm256_castsi256_ps(_mm256_slli_epi32(g32, 16));
         __m256 t = _ZGVdN8v_tanhf(_mm256_loadu_ps(wp));
@@ -85,11 +100,40 @@ __attribute__((target("avx2"))) static void tanh_grad_avx2(const float *w, const
 
 static void tanh_grad_sse(const float *w, const uint16_t *g, float *out, int64_t n) {
     const __m128 one = _mm_set1_ps(1.0f);
-    TANH_GRAD_LOOP(4, {
+    TANH_GRAD_LOOP(4, uint16_t, {
         __m128 gv = _mm_setr_ps(bf16_to_float(gp[0]), bf16_to_float(gp[1]), bf16_to_float(gp[2]),
                                 bf16_to_float(gp[3]));
         __m128 t = _ZGVbN4v_tanhf(_mm_loadu_ps(wp));
         _mm_storeu_ps(op, _mm_mul_ps(gv, _mm_sub_ps(one, _mm_mul_ps(t, t))));
+    })
+}
+
+__attribute__((target("avx512f"))) static void tanh_grad_float_avx512(const float *w,
+                                                                       const float *g,
+                                                                       float *out, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    TANH_GRAD_LOOP(16, float, {
+        __m512 t = _ZGVeN16v_tanhf(_mm512_loadu_ps(wp));
+        _mm512_storeu_ps(op, _mm512_mul_ps(_mm512_loadu_ps(gp),
+                                           _mm512_sub_ps(one, _mm512_mul_ps(t, t))));
+    })
+}
+
+__attribute__((target("avx2"))) static void tanh_grad_float_avx2(const float *w, const float *g,
+                                                                  float *out, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    TANH_GRAD_LOOP(8, float, {
+        __m256 t = _ZGVdN8v_tanhf(_mm256_loadu_ps(wp));
+        _mm256_storeu_ps(op, _mm256_mul_ps(_mm256_loadu_ps(gp),
+                                           _mm256_sub_ps(one, _mm256_mul_ps(t, t))));
+    })
+}
+
+static void tanh_grad_float_sse(const float *w, const float *g, float *out, int64_t n) {
+    const __m128 one = _mm_set1_ps(1.0f);
+    TANH_GRAD_LOOP(4, float, {
+        __m128 t = _ZGVbN4v_tanhf(_mm_loadu_ps(wp));
+        _mm_storeu_ps(op, _mm_mul_ps(_mm_loadu_ps(gp), _mm_sub_ps(one, _mm_mul_ps(t, t))));
     })
 }
 
@@ -104,6 +148,169 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) static void signs_l
     }
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void signs_float_loop(
+    const float *w, float *out, int64_t n, float t) {
+    for (int64_t i = 0; i < n; i++) /* NaN +1 here, as PyTorch's sign-based float32 path */
+        out[i] = __builtin_fabsf(w[i]) < t ? 0.0f : w[i] < 0.0f ? -1.0f : 1.0f;
+}
+
+/* ---- pack_signs ---------------------------------------------------------------------------- */
+
+/* Bits of s[0..n) (n <= 64): sign bit !(v < 0), mask bit v != 0 (NaN: present). */
+static inline void pack_tail(const float *s, int64_t n, uint64_t *b, uint64_t *m) {
+    uint64_t bw = 0, mw = 0;
+    for (int64_t j = 0; j < n; j++) {
+        bw |= (uint64_t)!(s[j] < 0.0f) << j;
+        mw |= (uint64_t)(s[j] != 0.0f) << j;
+    }
+    *b = bw;
+    *m = mw;
+}
+
+typedef void (*pack_fn)(const float *src, int64_t rows, int64_t cols, uint64_t *bits,
+                        uint64_t *mask, int64_t *counts);
+
+static void pack_portable(const float *src, int64_t rows, int64_t cols, uint64_t *bits,
+                          uint64_t *mask, int64_t *counts) {
+    int64_t words = (cols + 63) / 64;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t count = 0;
+        for (int64_t k = 0; k < words; k++) {
+            int64_t n = cols - 64 * k < 64 ? cols - 64 * k : 64;
+            uint64_t b, m;
+            pack_tail(src + r * cols + 64 * k, n, &b, &m);
+            bits[r * words + k] = b;
+            if (mask) mask[r * words + k] = m;
+            count += __builtin_popcountll(m);
+        }
+        if (counts) counts[r] = count;
+    }
+}
+
+/* 8 floats per compare, their sign bits by movemask: 64 bits from 8 loads. */
+__attribute__((target("avx2,popcnt"))) static void pack_avx2(const float *src, int64_t rows,
+                                                             int64_t cols, uint64_t *bits,
+                                                             uint64_t *mask, int64_t *counts) {
+    int64_t words = (cols + 63) / 64;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s = src + r * cols;
+        int64_t count = 0;
+        for (int64_t k = 0; k < words; k++) {
+            uint64_t b = 0, m = 0;
+            if (cols - 64 * k >= 64) {
+                for (int c = 0; c < 8; c++) {
+                    __m256 v = _mm256_loadu_ps(s + 64 * k + 8 * c);
+                    uint64_t nb = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NLT_UQ));
+                    uint64_t nm = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
+                    b |= nb << (8 * c);
+                    m |= nm << (8 * c);
+                }
+            } else {
+                pack_tail(s + 64 * k, cols - 64 * k, &b, &m);
+            }
+            bits[r * words + k] = b;
+            if (mask) mask[r * words + k] = m;
+            count += __builtin_popcountll(m);
+        }
+        if (counts) counts[r] = count;
+    }
+}
+
+/* ---- weight_pass --------------------------------------------------------------------------- */
+
+/* One variant per vector width. Each 64-weight word goes through BODY from src (the weights,
+ * or a zero-padded copy of a row's last partial word), which sets LANES sign bits in b at c
+ * (!(w < 0)), LANES values 1 - tanh(w)^2 at dst + c and, when sg is set, LANES signs at sg + c;
+ * the padding's bits are cleared and only the row's own values copied out. */
+#define WEIGHT_PASS_LOOP(LANES, BODY)                                                         \
+    int64_t words = (cols + 63) / 64;                                                          \
+    for (int64_t r = 0; r < rows; r++) {                                                       \
+        for (int64_t k = 0; k < words; k++) {                                                  \
+            int64_t j0 = 64 * k, n = cols - j0 < 64 ? cols - j0 : 64;                          \
+            float wbuf[64] = {0}, dbuf[64], sbuf[64];                                          \
+            const float *src = w + r * cols + j0;                                              \
+            float *dst = dtanh + r * cols + j0;                                                \
+            float *sg = signs ? signs + r * cols + j0 : NULL;                                  \
+            if (n < 64) {                                                                      \
+                memcpy(wbuf, src, (size_t)n * sizeof *w);                                      \
+                src = wbuf;                                                                    \
+                dst = dbuf;                                                                    \
+                sg = signs ? sbuf : NULL;                                                      \
+            }                                                                                  \
+            uint64_t b = 0;                                                                    \
+            for (int c = 0; c < 64; c += LANES) BODY                                           \
+            if (n < 64) {                                                                      \
+                b &= (1ULL << n) - 1;                                                          \
+                memcpy(dtanh + r * cols + j0, dbuf, (size_t)n * sizeof *w);                    \
+                if (signs) memcpy(signs + r * cols + j0, sbuf, (size_t)n * sizeof *w);         \
+            }                                                                                  \
+            bits[r * words + k] = b;                                                           \
+        }                                                                                      \
+    }
+
+typedef void (*weight_pass_fn)(const float *w, int64_t rows, int64_t cols, uint64_t *bits,
+                               float *dtanh, float *signs);
+
+__attribute__((target("avx512f"))) static void weight_pass_avx512(const float *w, int64_t rows,
+                                                                   int64_t cols, uint64_t *bits,
+                                                                   float *dtanh, float *signs) {
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    WEIGHT_PASS_LOOP(16, {
+        __m512 v = _mm512_loadu_ps(src + c);
+        __m512 t = _ZGVeN16v_tanhf(v);
+        __mmask16 pos = _mm512_cmp_ps_mask(v, zero, _CMP_NLT_UQ);
+        _mm512_storeu_ps(dst + c, _mm512_sub_ps(one, _mm512_mul_ps(t, t)));
+        b |= (uint64_t)pos << c;
+        if (sg) _mm512_storeu_ps(sg + c, _mm512_mask_blend_ps(pos, _mm512_set1_ps(-1.0f), one));
+    })
+}
+
+__attribute__((target("avx2"))) static void weight_pass_avx2(const float *w, int64_t rows,
+                                                              int64_t cols, uint64_t *bits,
+                                                              float *dtanh, float *signs) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    WEIGHT_PASS_LOOP(8, {
+        __m256 v = _mm256_loadu_ps(src + c);
+        __m256 t = _ZGVdN8v_tanhf(v);
+        __m256 pos = _mm256_cmp_ps(v, zero, _CMP_NLT_UQ);
+        _mm256_storeu_ps(dst + c, _mm256_sub_ps(one, _mm256_mul_ps(t, t)));
+        b |= (uint64_t)_mm256_movemask_ps(pos) << c;
+        if (sg) _mm256_storeu_ps(sg + c, _mm256_blendv_ps(_mm256_set1_ps(-1.0f), one, pos));
+    })
+}
+
+static void weight_pass_sse(const float *w, int64_t rows, int64_t cols, uint64_t *bits,
+                            float *dtanh, float *signs) {
+    const __m128 one = _mm_set1_ps(1.0f), zero = _mm_setzero_ps();
+    WEIGHT_PASS_LOOP(4, {
+        __m128 v = _mm_loadu_ps(src + c);
+        __m128 t = _ZGVbN4v_tanhf(v);
+        __m128 pos = _mm_cmpnlt_ps(v, zero);
+        _mm_storeu_ps(dst + c, _mm_sub_ps(one, _mm_mul_ps(t, t)));
+        b |= (uint64_t)_mm_movemask_ps(pos) << c;
+        if (sg)
+            _mm_storeu_ps(sg + c, _mm_or_ps(_mm_and_ps(pos, one),
+                                            _mm_andnot_ps(pos, _mm_set1_ps(-1.0f))));
+    })
+}
+
+/* ---- scores_t ------------------------------------------------------------------------------ */
+
+#define TILE 32
+__attribute__((target_clones("avx2", "default"))) static void scores_t_loop(
+    const int64_t *src, float *dst, int64_t units, int64_t samples, float scale) {
+    for (int64_t u0 = 0; u0 < units; u0 += TILE) {
+        int64_t u1 = u0 + TILE < units ? u0 + TILE : units;
+        for (int64_t s0 = 0; s0 < samples; s0 += TILE) {
+            int64_t s1 = s0 + TILE < samples ? s0 + TILE : samples;
+            for (int64_t s = s0; s < s1; s++)
+                for (int64_t u = u0; u < u1; u++)
+                    dst[s * units + u] = (float)src[u * samples + s] * scale;
+        }
+    }
+}
+
 /* __builtin_cpu_supports takes only string literals: one check function per feature */
 static int runs_sse(void) { return 1; } /* part of x86-64 */
 static int runs_avx2(void) { return __builtin_cpu_init(), __builtin_cpu_supports("avx2"); }
@@ -114,30 +321,57 @@ static const struct {
     const char *name;
     int (*runs)(void);
     tanh_grad_fn tanh_grad;
+    tanh_grad_float_fn tanh_grad_float;
+    pack_fn pack; /* AVX2's for AVX-512 too: packing is a small part of the forward */
+    weight_pass_fn weight_pass;
 } VARIANTS[] = {
-    {"sse", runs_sse, tanh_grad_sse},
-    {"avx2", runs_avx2, tanh_grad_avx2},
-    {"avx512", runs_avx512, tanh_grad_avx512},
+    {"sse", runs_sse, tanh_grad_sse, tanh_grad_float_sse, pack_portable, weight_pass_sse},
+    {"avx2", runs_avx2, tanh_grad_avx2, tanh_grad_float_avx2, pack_avx2, weight_pass_avx2},
+    {"avx512", runs_avx512, tanh_grad_avx512, tanh_grad_float_avx512, pack_avx2,
+     weight_pass_avx512},
 };
 #define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
 
 static int supported(int v) { return VARIANTS[v].runs(); }
+
+/* The variant named (ValueError if this CPU lacks it), else the widest this CPU runs; -1 on
+ * error. */
+static int pick_variant(const char *name, const char *what) {
+    int v;
+    if (name) {
+        for (v = 0; v < N_VARIANTS && strcmp(VARIANTS[v].name, name) != 0; v++) {}
+        if (v == N_VARIANTS || !supported(v)) {
+            PyErr_Format(PyExc_ValueError, "%s: no variant %s on this CPU", what, name);
+            return -1;
+        }
+        return v;
+    }
+    for (v = N_VARIANTS - 1; v > 0 && !supported(v); v--) {}
+    return v;
+}
 
 static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
     unsigned long long w, g, out;
     long long n;
     const char *name = NULL;
     if (!PyArg_ParseTuple(args, "KKKL|s", &w, &g, &out, &n, &name)) return NULL;
-    int v;
-    if (name) {
-        for (v = 0; v < N_VARIANTS && strcmp(VARIANTS[v].name, name) != 0; v++) {}
-        if (v == N_VARIANTS || !supported(v))
-            return PyErr_Format(PyExc_ValueError, "tanh_grad: no variant %s on this CPU", name);
-    } else {
-        for (v = N_VARIANTS - 1; v > 0 && !supported(v); v--) {}
-    }
+    int v = pick_variant(name, "tanh_grad");
+    if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     VARIANTS[v].tanh_grad((const float *)w, (const uint16_t *)g, (float *)out, n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_tanh_grad_float(PyObject *self, PyObject *args) {
+    unsigned long long w, g, out;
+    long long n;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "KKKL|s", &w, &g, &out, &n, &name)) return NULL;
+    int v = pick_variant(name, "tanh_grad_float");
+    if (v < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    VARIANTS[v].tanh_grad_float((const float *)w, (const float *)g, (float *)out, n);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -149,6 +383,64 @@ static PyObject *py_signs(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKL|f", &w, &s8, &s16, &n, &t)) return NULL;
     Py_BEGIN_ALLOW_THREADS
     signs_loop((const float *)w, (int8_t *)s8, (uint16_t *)s16, n, t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_signs_float(PyObject *self, PyObject *args) {
+    unsigned long long w, out;
+    long long n;
+    float t = 0.0f;
+    if (!PyArg_ParseTuple(args, "KKL|f", &w, &out, &n, &t)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    signs_float_loop((const float *)w, (float *)out, n, t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* pack_signs(src, rows, cols, bits, mask_or_0, counts_or_0[, variant]): addresses of float32
+ * rows x cols, uint64 rows x ceil(cols / 64) (twice) and int64 rows. */
+static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
+    unsigned long long src, bits, mask, counts;
+    long long rows, cols;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "KLLKKK|s", &src, &rows, &cols, &bits, &mask, &counts, &name))
+        return NULL;
+    int v = pick_variant(name, "pack_signs");
+    if (v < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    VARIANTS[v].pack((const float *)src, rows, cols, (uint64_t *)bits, (uint64_t *)mask,
+                     (int64_t *)counts);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* weight_pass(w, rows, cols, bits, dtanh, signs_or_0[, variant]): addresses of float32 rows x
+ * cols, uint64 rows x ceil(cols / 64), float32 rows x cols (twice). */
+static PyObject *py_weight_pass(PyObject *self, PyObject *args) {
+    unsigned long long w, bits, dtanh, signs;
+    long long rows, cols;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "KLLKKK|s", &w, &rows, &cols, &bits, &dtanh, &signs, &name))
+        return NULL;
+    int v = pick_variant(name, "weight_pass");
+    if (v < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    VARIANTS[v].weight_pass((const float *)w, rows, cols, (uint64_t *)bits, (float *)dtanh,
+                            (float *)signs);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* scores_t(src, dst, units, samples, scale): addresses of int64 units x samples and float32
+ * samples x units. */
+static PyObject *py_scores_t(PyObject *self, PyObject *args) {
+    unsigned long long src, dst;
+    long long units, samples;
+    float scale;
+    if (!PyArg_ParseTuple(args, "KKLLf", &src, &dst, &units, &samples, &scale)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    scores_t_loop((const int64_t *)src, (float *)dst, units, samples, scale);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -167,8 +459,20 @@ static PyObject *py_variants(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"tanh_grad", py_tanh_grad, METH_VARARGS,
      "out = float(G) * (1 - tanh(W)^2) (addresses, n[, variant]): the widest variant unless named."},
+    {"tanh_grad_float", py_tanh_grad_float, METH_VARARGS,
+     "tanh_grad with G in float32 (addresses, n[, variant])."},
     {"signs", py_signs, METH_VARARGS,
      "sign(W) as int8 and as bfloat16, 0 where |W| < t (addresses, n[, t])."},
+    {"signs_float", py_signs_float, METH_VARARGS,
+     "sign(W) as float32, 0 where |W| < t (addresses, n[, t])."},
+    {"pack_signs", py_pack_signs, METH_VARARGS,
+     "Sign bits (and optionally nonzero bits and their counts) of float32 rows (addresses, "
+     "sizes[, variant])."},
+    {"weight_pass", py_weight_pass, METH_VARARGS,
+     "Sign bits, 1 - tanh(W)^2 and optionally float32 signs of W's rows (addresses, sizes"
+     "[, variant])."},
+    {"scores_t", py_scores_t, METH_VARARGS,
+     "float32 transpose of int64 scores, times scale (addresses, units, samples, scale)."},
     {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
     {NULL, NULL, 0, NULL},
 };

@@ -52,10 +52,13 @@ class TrainConfig:
     keep: str = "best"
     seed: int = 0
     device: str = "auto"
-    # Matmuls in training: "float32", or "bfloat16" (operands rounded to bfloat16 with float32
-    # sums where the CPU has fast bfloat16 dot products; round 2's forward products, -1/0/+1
-    # by -1/0/+1, exact in int8). Elsewhere bfloat16 falls back to float32 with a warning;
-    # "auto" is bfloat16 where it is fast and float32 elsewhere, without a warning.
+    # Ops in training: "float32" (PyTorch's own, as in every earlier version), "bfloat16"
+    # (operands rounded to bfloat16 with float32 sums where the CPU has fast bfloat16 dot
+    # products; round 2's forward products, -1/0/+1 by -1/0/+1, exact in int8; cheaper dropout
+    # masks and compiled passes over the weights), or "float32-fast" (float32 matmuls with
+    # bfloat16's other ops: for CPUs without fast bfloat16). Elsewhere bfloat16 falls back to
+    # float32-fast with a warning; "auto" is bfloat16 where it is fast and float32-fast
+    # elsewhere (float32 off the CPU), without a warning.
     precision: str = "float32"
 
     def __post_init__(self) -> None:
@@ -103,8 +106,10 @@ class TrainConfig:
         for name in ("dropout_input", "dropout_hidden", "sparsity", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1)")
-        if self.precision not in ("float32", "bfloat16", "auto"):
-            problems.append(f"precision must be float32, bfloat16 or auto, not {self.precision!r}")
+        if self.precision not in ("float32", "float32-fast", "bfloat16", "auto"):
+            problems.append(
+                f"precision must be float32, float32-fast, bfloat16 or auto, not {self.precision!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             problems.append(f"device must be auto, cpu or cuda, not {self.device!r}")
         if problems:

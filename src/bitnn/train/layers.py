@@ -22,8 +22,11 @@ sums) and its gradients from bfloat16 operands; dropout draws its masks from uni
 integers instead of Bernoulli draws (:func:`keep_mask`: faster, the same distribution up to
 p rounded to 2**-16); and with latent weights, the passes over W (its signs, tanh' for its
 gradient) run compiled where ``bitnn.train._fused`` is built (x86-64 with glibc; tanh then
-comes from glibc's libmvec, within a few units in the last place of PyTorch's). Evaluation
-always runs in float32.
+comes from glibc's libmvec, within a few units in the last place of PyTorch's).
+``precision="float32-fast"`` keeps float32 matmuls (for CPUs without fast bfloat16) and takes
+the rest of bfloat16's faster ops: dropout masks from :func:`keep_mask` and the compiled passes
+over W (float32 signs; tanh' for its float32 gradient). ``float32`` runs PyTorch's own ops
+throughout, as every earlier version did. Evaluation always runs in float32.
 
 In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
 (with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
@@ -45,6 +48,10 @@ try:
     from bitnn.train import _fused
 except ImportError:  # not built (no C compiler, not x86-64 with glibc): PyTorch's ops run
     _fused = None
+try:
+    from bitnn.engine import compiled as _engine
+except ImportError:  # pragma: no cover - the engine module itself is pure Python
+    _engine = None
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -60,17 +67,22 @@ def _ternary(v: torch.Tensor, t) -> torch.Tensor:
 
 
 class _SignTanhSurrogate(torch.autograd.Function):
-    """sign(z) forward (sign(0) = +1); tanh'(z) backward."""
+    """sign(z) forward (sign(0) = +1); tanh'(z) backward. ``fused``: by PyTorch's fused
+    tanh_backward (float32-fast: 2.7x faster, equal up to rounding), else by the separate ops
+    earlier versions used."""
 
     @staticmethod
-    def forward(ctx, z):  # type: ignore[override]
+    def forward(ctx, z, fused=False):  # type: ignore[override]
         ctx.save_for_backward(z)
+        ctx.fused = fused
         return _sign(z)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (z,) = ctx.saved_tensors
-        return grad * (1 - torch.tanh(z) ** 2)
+        if ctx.fused:
+            return torch.ops.aten.tanh_backward(grad, torch.tanh(z)), None
+        return grad * (1 - torch.tanh(z) ** 2), None
 
 
 class _TernarizeStraightThrough(torch.autograd.Function):
@@ -89,17 +101,21 @@ class _SignOfTanhStraightThrough(torch.autograd.Function):
     """ternarize(tanh(W)) forward, which is sign(W) since tanh keeps signs, and 0 where
     ``|W| < t``; tanh'(W) backward. The values and gradients of the composed ops, in two
     passes over the weights per step instead of seven (round 2 is dominated by them at small
-    batches)."""
+    batches). ``compiled``: each pass is one compiled loop where available
+    (:func:`_latent_signs_float`, :func:`_latent_grad`; precision float32-fast)."""
 
     @staticmethod
-    def forward(ctx, p, t):  # type: ignore[override]
+    def forward(ctx, p, t, compiled=False):  # type: ignore[override]
         ctx.save_for_backward(p)
-        return _ternary(p, t)
+        ctx.compiled = compiled
+        return _latent_signs_float(p, t) if compiled else _ternary(p, t)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (p,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, torch.tanh(p)), None
+        if ctx.compiled:
+            return _latent_grad(grad, p), None, None
+        return torch.ops.aten.tanh_backward(grad, torch.tanh(p)), None, None
 
 
 class _Bfloat16Linear(torch.autograd.Function):
@@ -146,18 +162,33 @@ def _latent_signs(w: torch.Tensor, t: float = 0.0) -> tuple[torch.Tensor, torch.
     return wi, wb
 
 
+def _latent_signs_float(w: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+    """:func:`_ternary` of the latent W as float32 (+1 where W >= 0, 0 where |W| < t): one
+    compiled pass where available."""
+    if not _fusable(w):
+        return _ternary(w, t)
+    w = w.contiguous()
+    out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
+    with torch.profiler.record_function("bitnn_fused::signs_float"):
+        _fused.signs_float(w.data_ptr(), out.data_ptr(), w.numel(), t)
+    return out
+
+
 def _latent_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """float(grad) * tanh'(W) for the bfloat16 gradient of sign(W): one compiled pass where
-    available (tanh from glibc's libmvec, within a few units in the last place of PyTorch's),
-    else PyTorch's ops."""
+    """float(grad) * tanh'(W) for the bfloat16 or float32 gradient of sign(W): one compiled
+    pass where available (tanh from glibc's libmvec, within a few units in the last place of
+    PyTorch's), else PyTorch's ops."""
     if not _fusable(w):
         return torch.ops.aten.tanh_backward(grad.float(), torch.tanh(w))
-    if grad.shape != w.shape or grad.dtype != torch.bfloat16 or grad.device != w.device:
-        raise ValueError(f"_latent_grad needs a {tuple(w.shape)} bfloat16 gradient on the CPU")
+    kernels = {torch.bfloat16: _fused.tanh_grad, torch.float32: _fused.tanh_grad_float}
+    if grad.shape != w.shape or grad.dtype not in kernels or grad.device != w.device:
+        raise ValueError(
+            f"_latent_grad needs a {tuple(w.shape)} bfloat16 or float32 gradient on the CPU"
+        )
     w, grad = w.contiguous(), grad.contiguous()  # the C loop reads them as flat arrays
     out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
     with torch.profiler.record_function("bitnn_fused::tanh_grad"):
-        _fused.tanh_grad(w.data_ptr(), grad.data_ptr(), out.data_ptr(), w.numel())
+        kernels[grad.dtype](w.data_ptr(), grad.data_ptr(), out.data_ptr(), w.numel())
     return out
 
 
@@ -198,6 +229,90 @@ class _ExactBitLinear(torch.autograd.Function):
         return grad_x, grad_w.float(), None, None, None
 
 
+def _packed_signs(x: torch.Tensor, with_mask: bool) -> tuple:
+    """Rows of float32 ``x`` as uint64 sign words (1 where x is not negative) and, with
+    ``with_mask``, words of x != 0 and their count per row (numpy views of PyTorch's buffers,
+    which its allocator reuses from step to step): one compiled pass."""
+    rows, cols = x.shape
+    words = -(-cols // 64)
+    bits = torch.empty((rows, words), dtype=torch.int64).numpy().view(np.uint64)
+    mask = counts = None
+    if with_mask:
+        mask = torch.empty((rows, words), dtype=torch.int64).numpy().view(np.uint64)
+        counts = torch.empty(rows, dtype=torch.int64).numpy()
+    with torch.profiler.record_function("bitnn_fused::pack_signs"):
+        _fused.pack_signs(
+            x.data_ptr(), rows, cols, bits.ctypes.data,
+            0 if mask is None else mask.ctypes.data, 0 if counts is None else counts.ctypes.data,
+        )  # fmt: skip
+    return bits, mask, counts
+
+
+def _weight_pass(w: torch.Tensor, with_signs: bool) -> tuple:
+    """The latent W's rows as uint64 sign words (numpy), 1 - tanh(W)^2 and, with
+    ``with_signs``, sign(W) as float32 (tensors, else None): one compiled pass over W."""
+    rows, cols = w.shape
+    bits = torch.empty((rows, -(-cols // 64)), dtype=torch.int64).numpy().view(np.uint64)
+    dtanh = torch.empty(w.shape, dtype=torch.float32)
+    signs = torch.empty(w.shape, dtype=torch.float32) if with_signs else None
+    with torch.profiler.record_function("bitnn_fused::weight_pass"):
+        _fused.weight_pass(
+            w.data_ptr(), rows, cols, bits.ctypes.data, dtanh.data_ptr(),
+            0 if signs is None else signs.data_ptr(),
+        )  # fmt: skip
+    return bits, dtanh, signs
+
+
+def _popcount_ready(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether :class:`_PopcountBitLinear` takes these operands (CPU float32, compiled)."""
+    return (
+        _fusable(w)
+        and _engine is not None
+        and _engine.extension_available()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 2
+    )
+
+
+class _PopcountBitLinear(torch.autograd.Function):
+    """Round 2's x @ sign(W).T at ``precision=float32-fast``, for latent weights without absent
+    ones: x holds -1/0/+1 times ``scale`` (dropout's 1/(1-p)) and sign(W) is +-1, so the product
+    over the inputs dropout kept is ``kept - 2 * popcount(kept & (x XOR w))`` in bits: the
+    compiled engine's layer kernel (the one inference uses, with the samples in the role of
+    weights and dropout's zeros as their mask), exact integers scaled once, in a fifth of the
+    float32 matmul's time on AVX2. The gradients are float32 matmuls; the one pass over W that
+    packs its bits also gives sign(W) for the input gradient and tanh'(W) for W's (the values
+    of :func:`_latent_grad`), so the backward takes no pass of its own over W."""
+
+    @staticmethod
+    def forward(ctx, x, w, scale):  # type: ignore[override]
+        x, w = x.contiguous(), w.contiguous()
+        w_bits, dtanh, w_signs = _weight_pass(w, ctx.needs_input_grad[0])
+        x_bits, x_mask, kept = _packed_signs(x, True)
+        n, words = x_bits.shape
+        quads = -(-n // _engine.QUAD)
+        offset = np.zeros(quads * _engine.QUAD, dtype=np.int64)
+        offset[:n] = kept  # score = kept - 2 * mismatches
+        out = torch.empty((w.shape[0], n), dtype=torch.int64)  # no fresh pages each step
+        with torch.profiler.record_function("bitnn_engine::layer"):
+            _engine._kernels.layer(
+                _engine.VARIANTS.index(_engine.default_variant()), w_bits,
+                _engine._to_quads(x_bits, quads), _engine._to_quads(x_mask, quads), offset,
+                w.shape[0], words, quads, n, 1, out.numpy(), torch.get_num_threads(),
+            )  # fmt: skip
+        ctx.save_for_backward(x, dtanh, w_signs)
+        dot = torch.empty((n, w.shape[0]), dtype=torch.float32)  # exact: |out| < 2**24
+        _fused.scores_t(out.data_ptr(), dot.data_ptr(), w.shape[0], n, scale)
+        return dot
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, dtanh, w_signs = ctx.saved_tensors
+        grad_x = None if w_signs is None else torch.mm(grad, w_signs)  # none for input bits
+        return grad_x, torch.mm(grad.t(), x).mul_(dtanh), None
+
+
 def keep_mask(h: torch.Tensor, p: float) -> torch.Tensor:
     """A bool mask like ``h``, True with probability 1 - p, p rounded to a multiple of 2**-16
     (at most 7.7e-6 away): each 64-bit draw of the generator gives four 16-bit uniform
@@ -212,12 +327,15 @@ def keep_mask(h: torch.Tensor, p: float) -> torch.Tensor:
     return words.view(torch.int16)[:n].view(h.shape) >= threshold
 
 
+# The ops training can run (BitMLP.set_precision); TrainConfig.precision adds "auto".
+PRECISIONS = ("float32", "float32-fast", "bfloat16")
+
 # At most this many weights of a layer estimate its sparsity threshold (BitLinear.absent_below).
 BETA_SAMPLE = 65536
 
 
-def sign_activation(z: torch.Tensor) -> torch.Tensor:
-    return _SignTanhSurrogate.apply(z)
+def sign_activation(z: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    return _SignTanhSurrogate.apply(z, fused)
 
 
 def ternarize(v: torch.Tensor, beta: float | torch.Tensor = 0.0) -> torch.Tensor:
@@ -246,7 +364,8 @@ class BitLinear(nn.Module):
         self.sparsity = sparsity
         self.binary = False
         # "float32", or "bfloat16": matmuls in training from bfloat16 operands (round 1) and,
-        # in round 2, exact int8 products forward with bfloat16 gradients. ``input_scale``
+        # in round 2, exact int8 products forward with bfloat16 gradients; or "float32-fast":
+        # float32 matmuls, compiled passes over W (see the module docstring). ``input_scale``
         # is the factor dropout gives the -1/0/+1 inputs in training (1/(1-p)).
         self.precision = "float32"
         self.input_scale = 1.0
@@ -301,7 +420,8 @@ class BitLinear(nn.Module):
         if not self.binary:
             return self.real(self.weight)
         if bool(self.compressed):
-            return _SignOfTanhStraightThrough.apply(self.weight, self.absent_below())
+            compiled = self.precision == "float32-fast" and self.training
+            return _SignOfTanhStraightThrough.apply(self.weight, self.absent_below(), compiled)
         return ternarize(self.weight, self.absent_below())
 
     def effective_bias(self) -> torch.Tensor | None:
@@ -339,7 +459,10 @@ class BitLinear(nn.Module):
 
     def _dot(self, x: torch.Tensor) -> torch.Tensor:
         """x @ w.T at this layer's precision (float32 outside training)."""
-        if self.precision == "float32" or not self.training or x.dim() != 2:
+        if self.precision == "float32-fast" and self.binary and self.training:
+            if bool(self.compressed) and self.sparsity == 0 and _popcount_ready(x, self.weight):
+                return _PopcountBitLinear.apply(x, self.weight, self.input_scale)
+        if self.precision != "bfloat16" or not self.training or x.dim() != 2:
             return F.linear(x, self.effective_weight())
         if not self.binary:
             return _Bfloat16Linear.apply(x, self.effective_weight())
@@ -400,19 +523,22 @@ class BitMLP(nn.Module):
         return self.layers[0].binary
 
     def set_precision(self, precision: str) -> None:
-        """``float32`` or ``bfloat16`` matmuls in training (see :class:`BitLinear`)."""
-        if precision not in ("float32", "bfloat16"):
-            raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
+        """``float32``, ``float32-fast`` or ``bfloat16`` ops in training (see the module
+        docstring)."""
+        if precision not in PRECISIONS:
+            raise InputError(
+                f"precision must be float32, float32-fast or bfloat16, got {precision!r}"
+            )
         scales = [self.dropout_input.p] + [self.dropout_hidden.p] * (len(self.layers) - 1)
         for layer, p in zip(self.layers, scales, strict=True):
             layer.precision = precision
             layer.input_scale = 1.0 / (1.0 - p) if p > 0 else 1.0
 
     def _dropout(self, module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
-        """``module(h)``; at precision bfloat16 the same dropout (keep with probability 1-p,
-        scale by 1/(1-p)) from :func:`keep_mask`, four times fewer calls of the random
-        generator than nn.Dropout's draws (another random stream, so only where results
-        change anyway)."""
+        """``module(h)``; at precisions bfloat16 and float32-fast the same dropout (keep with
+        probability 1-p, scale by 1/(1-p)) from :func:`keep_mask`, four times fewer calls of
+        the random generator than nn.Dropout's draws (another random stream, so not at
+        float32, whose results stay those of earlier versions)."""
         p = module.p
         if self.layers[0].precision == "float32" or not self.training or p == 0:
             return module(h)
@@ -436,7 +562,8 @@ class BitMLP(nn.Module):
                 if self.binary and not self.training:
                     return z
                 return z * self.log_logit_scale.exp()
-            h = sign_activation(z) if self.binary else torch.tanh(z)
+            fused = layer.precision == "float32-fast"
+            h = sign_activation(z, fused) if self.binary else torch.tanh(z)
             h = self._dropout(self.dropout_hidden, h)
         raise AssertionError("unreachable")
 

@@ -262,24 +262,27 @@ def fast_bfloat16() -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """The precision a run trains at. ``bfloat16`` only on a CPU with fast bfloat16; elsewhere
-    float32, with one warning saying why (never silently). ``auto`` (the MNIST presets):
-    bfloat16 where it is fast, float32 without a warning elsewhere."""
+    """The precision a run trains at. ``bfloat16`` only on a CPU with fast bfloat16; on a CPU
+    without, float32-fast (float32 matmuls, the other fast ops), and off the CPU float32, with
+    one warning saying why (never silently). ``auto`` (the MNIST presets): the fastest without
+    a warning: bfloat16 where it is fast, else float32-fast on the CPU, float32 elsewhere."""
+    fallback = "float32-fast" if device.type == "cpu" else "float32"
     if name == "auto":
-        return "bfloat16" if device.type == "cpu" and fast_bfloat16() else "float32"
+        return "bfloat16" if device.type == "cpu" and fast_bfloat16() else fallback
     if name != "bfloat16":
-        return "float32"
+        return name
     if device.type != "cpu":
         why = f"precision bfloat16 is for CPUs; on {device.type} training runs in float32"
     elif not fast_bfloat16():
         why = (
             "this CPU has no fast bfloat16 dot products (AMX or AVX512-BF16): training runs in "
-            "float32 (--precision float32 says so without this warning)"
+            "float32-fast, float32 matmuls (--precision float32-fast says so without this "
+            "warning)"
         )
     else:
         return "bfloat16"
     warnings.warn(why, stacklevel=3)
-    return "float32"
+    return fallback
 
 
 def _announce_stop() -> None:
@@ -898,7 +901,7 @@ def train_network(
     if isinstance(was, str) and was != trainer.precision:
         warnings.warn(
             f"this run trained at precision {was} before and resumes at {trainer.precision} "
-            "(bfloat16 falls back to float32 where the CPU lacks it): its result can differ "
+            "(bfloat16 falls back to float32-fast where the CPU lacks it): its result can differ "
             "from an uninterrupted run's",
             stacklevel=2,
         )
