@@ -114,6 +114,30 @@ def _check_input(x: np.ndarray, words: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=WORD_DTYPE)  # copies non-contiguous views
 
 
+def masked_dot(
+    a: np.ndarray,
+    b: np.ndarray,
+    b_mask: np.ndarray,
+    b_present: np.ndarray,
+    threads: int,
+    out: np.ndarray,
+) -> np.ndarray:
+    """``out[i, j]`` = the sum over the positions k where ``b_mask[j]`` has a 1 of
+    ``a[i, k] * b[j, k]``, for +1/-1 values packed as bits (1 = +1) in uint64 rows of equal
+    length, ``b_present[j]`` being the count of ``b_mask[j]``'s ones: the layer kernel with the
+    rows of ``b`` as its units (training's exact round-2 products: ``bitnn.train.layers``).
+    ``out``: int64, ``(len(a), len(b))``, C-contiguous."""
+    n_b, words = b.shape
+    quads = -(-n_b // QUAD)
+    offset = np.zeros(quads * QUAD, dtype=np.int64)
+    offset[:n_b] = b_present  # score = present - 2 * mismatches
+    _kernels.layer(
+        VARIANTS.index(default_variant()), a, _to_quads(b, quads), _to_quads(b_mask, quads),
+        offset, a.shape[0], words, quads, n_b, 1, out, threads,
+    )  # fmt: skip
+    return out
+
+
 class CompiledEngine:
     """An engine bound to one kernel variant; same interface as ``reference``."""
 

@@ -23,10 +23,11 @@ integers instead of Bernoulli draws (:func:`keep_mask`: faster, the same distrib
 p rounded to 2**-16); and with latent weights, the passes over W (its signs, tanh' for its
 gradient) run compiled where ``bitnn.train._fused`` is built (x86-64 with glibc; tanh then
 comes from glibc's libmvec, within a few units in the last place of PyTorch's).
-``precision="float32-fast"`` keeps float32 matmuls (for CPUs without fast bfloat16) and takes
-the rest of bfloat16's faster ops: dropout masks from :func:`keep_mask` and the compiled passes
-over W (float32 signs; tanh' for its float32 gradient). ``float32`` runs PyTorch's own ops
-throughout, as every earlier version did. Evaluation always runs in float32.
+``precision="float32-fast"`` (for CPUs without fast bfloat16) takes round 2's forward exactly
+by XNOR-popcount in the inference engine's compiled kernel (:class:`_PopcountBitLinear`), its
+gradients from float32 matmuls, and the rest of bfloat16's faster ops: dropout masks from
+:func:`keep_mask`, compiled passes over W. ``float32`` runs PyTorch's own ops throughout, as
+every earlier version did. Evaluation always runs in float32.
 
 In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
 (with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
@@ -39,6 +40,7 @@ import math
 
 import numpy as np
 
+from bitnn.engine import compiled as _engine
 from bitnn.errors import InputError
 from bitnn.train._torch import torch
 
@@ -48,10 +50,6 @@ try:
     from bitnn.train import _fused
 except ImportError:  # not built (no C compiler, not x86-64 with glibc): PyTorch's ops run
     _fused = None
-try:
-    from bitnn.engine import compiled as _engine
-except ImportError:  # pragma: no cover - the engine module itself is pure Python
-    _engine = None
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -267,7 +265,6 @@ def _popcount_ready(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether :class:`_PopcountBitLinear` takes these operands (CPU float32, compiled)."""
     return (
         _fusable(w)
-        and _engine is not None
         and _engine.extension_available()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -290,17 +287,10 @@ class _PopcountBitLinear(torch.autograd.Function):
         x, w = x.contiguous(), w.contiguous()
         w_bits, dtanh, w_signs = _weight_pass(w, ctx.needs_input_grad[0])
         x_bits, x_mask, kept = _packed_signs(x, True)
-        n, words = x_bits.shape
-        quads = -(-n // _engine.QUAD)
-        offset = np.zeros(quads * _engine.QUAD, dtype=np.int64)
-        offset[:n] = kept  # score = kept - 2 * mismatches
+        n = x.shape[0]
         out = torch.empty((w.shape[0], n), dtype=torch.int64)  # no fresh pages each step
-        with torch.profiler.record_function("bitnn_engine::layer"):
-            _engine._kernels.layer(
-                _engine.VARIANTS.index(_engine.default_variant()), w_bits,
-                _engine._to_quads(x_bits, quads), _engine._to_quads(x_mask, quads), offset,
-                w.shape[0], words, quads, n, 1, out.numpy(), torch.get_num_threads(),
-            )  # fmt: skip
+        with torch.profiler.record_function("bitnn_engine::masked_dot"):
+            _engine.masked_dot(w_bits, x_bits, x_mask, kept, torch.get_num_threads(), out.numpy())
         ctx.save_for_backward(x, dtanh, w_signs)
         dot = torch.empty((n, w.shape[0]), dtype=torch.float32)  # exact: |out| < 2**24
         _fused.scores_t(out.data_ptr(), dot.data_ptr(), w.shape[0], n, scale)
