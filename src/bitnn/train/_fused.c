@@ -228,11 +228,12 @@ __attribute__((target("avx2,popcnt"))) static void pack_avx2(const float *src, i
     for (int64_t r = 0; r < rows; r++) {                                                       \
         for (int64_t k = 0; k < words; k++) {                                                  \
             int64_t j0 = 64 * k, n = cols - j0 < 64 ? cols - j0 : 64;                          \
-            float wbuf[64] = {0}, dbuf[64], sbuf[64];                                          \
+            float wbuf[64], dbuf[64], sbuf[64];                                                \
             const float *src = w + r * cols + j0;                                              \
             float *dst = dtanh + r * cols + j0;                                                \
             float *sg = signs ? signs + r * cols + j0 : NULL;                                  \
             if (n < 64) {                                                                      \
+                memset(wbuf, 0, sizeof wbuf);                                                  \
                 memcpy(wbuf, src, (size_t)n * sizeof *w);                                      \
                 src = wbuf;                                                                    \
                 dst = dbuf;                                                                    \
