@@ -177,12 +177,18 @@ def float_step_times(hidden, batch, steps) -> float:
 
 
 _GROUPS = [  # (group, substrings of op names), first match wins
-    ("matmuls", ("mm", "matmul", "linear", "addmm")),
+    ("matmuls", ("mm", "matmul", "linear", "addmm", "masked_dot")),  # masked_dot: XNOR-popcount
     ("bfloat16 and int8 casts", ("_to_copy", "copy_")),
     ("optimizer", ("adam", "_foreach", "lerp", "sqrt", "addcdiv", "addcmul")),
     ("dropout", ("dropout", "bernoulli", "rand", "uniform")),
-    ("binarization and surrogates", ("sign", "tanh", "where", "abs", "ge", "lt", "clamp")),
-    ("data movement", ("copy", "to", "index", "cat", "stack", "view", "reshape", "contiguous")),
+    (
+        "binarization and surrogates",
+        ("sign", "tanh", "where", "abs", "ge", "lt", "clamp", "weight_pass"),
+    ),
+    (
+        "data movement",
+        ("copy", "to", "index", "cat", "stack", "view", "reshape", "contiguous", "scores_t"),
+    ),
 ]
 
 

@@ -293,7 +293,8 @@ class _PopcountBitLinear(torch.autograd.Function):
             _engine.masked_dot(w_bits, x_bits, x_mask, kept, torch.get_num_threads(), out.numpy())
         ctx.save_for_backward(x, dtanh, w_signs)
         dot = torch.empty((n, w.shape[0]), dtype=torch.float32)  # exact: |out| < 2**24
-        _fused.scores_t(out.data_ptr(), dot.data_ptr(), w.shape[0], n, scale)
+        with torch.profiler.record_function("bitnn_fused::scores_t"):
+            _fused.scores_t(out.data_ptr(), dot.data_ptr(), w.shape[0], n, scale)
         return dot
 
     @staticmethod
