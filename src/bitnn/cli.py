@@ -65,8 +65,9 @@ _TRAIN_OPTIONS: list[tuple[str, str, type, str]] = [
         str,
         "float32: PyTorch's ops; bfloat16: faster matmuls on CPUs with "
         "bfloat16 dot products (AMX, AVX512-BF16), round 2's forward stays exact, "
-        "cheaper dropout masks and compiled passes over the weights; float32-fast: "
-        "float32 matmuls with those other ops; auto: bfloat16 where fast, else float32-fast",
+        "cheaper dropout masks and compiled passes over the weights; float32-fast: for "
+        "CPUs without: round 2's forward by XNOR-popcount, float32 gradients, those other "
+        "ops; auto: bfloat16 where fast, else float32-fast",
     ),
 ]
 

@@ -55,8 +55,9 @@ class TrainConfig:
     # Ops in training: "float32" (PyTorch's own, as in every earlier version), "bfloat16"
     # (operands rounded to bfloat16 with float32 sums where the CPU has fast bfloat16 dot
     # products; round 2's forward products, -1/0/+1 by -1/0/+1, exact in int8; cheaper dropout
-    # masks and compiled passes over the weights), or "float32-fast" (float32 matmuls with
-    # bfloat16's other ops: for CPUs without fast bfloat16). Elsewhere bfloat16 falls back to
+    # masks and compiled passes over the weights), or "float32-fast" (for CPUs without fast
+    # bfloat16: round 2's forward exactly by XNOR-popcount, float32 gradients, bfloat16's
+    # other fast ops). Where the CPU lacks fast bfloat16, bfloat16 falls back to
     # float32-fast with a warning; "auto" is bfloat16 where it is fast and float32-fast
     # elsewhere (float32 off the CPU), without a warning.
     precision: str = "float32"

@@ -356,7 +356,8 @@ class BitLinear(nn.Module):
         self.binary = False
         # "float32", or "bfloat16": matmuls in training from bfloat16 operands (round 1) and,
         # in round 2, exact int8 products forward with bfloat16 gradients; or "float32-fast":
-        # float32 matmuls, compiled passes over W (see the module docstring). ``input_scale``
+        # round 2's forward by XNOR-popcount, float32 gradients (see the module docstring).
+        # ``input_scale``
         # is the factor dropout gives the -1/0/+1 inputs in training (1/(1-p)).
         self.precision = "float32"
         self.input_scale = 1.0
