@@ -351,28 +351,33 @@ static int pick_variant(const char *name, const char *what) {
     return v;
 }
 
-static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
-    unsigned long long w, g, out;
-    long long n;
+/* The arguments of tanh_grad and tanh_grad_float: (w, g, out, n[, variant]); the variant's
+ * index, or -1 with the Python error set. */
+static int parse_tanh_grad(PyObject *args, const char *what, unsigned long long addr[3],
+                           long long *n) {
     const char *name = NULL;
-    if (!PyArg_ParseTuple(args, "KKKL|s", &w, &g, &out, &n, &name)) return NULL;
-    int v = pick_variant(name, "tanh_grad");
+    if (!PyArg_ParseTuple(args, "KKKL|s", &addr[0], &addr[1], &addr[2], n, &name)) return -1;
+    return pick_variant(name, what);
+}
+
+static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
+    unsigned long long a[3];
+    long long n;
+    int v = parse_tanh_grad(args, "tanh_grad", a, &n);
     if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].tanh_grad((const float *)w, (const uint16_t *)g, (float *)out, n);
+    VARIANTS[v].tanh_grad((const float *)a[0], (const uint16_t *)a[1], (float *)a[2], n);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyObject *py_tanh_grad_float(PyObject *self, PyObject *args) {
-    unsigned long long w, g, out;
+    unsigned long long a[3];
     long long n;
-    const char *name = NULL;
-    if (!PyArg_ParseTuple(args, "KKKL|s", &w, &g, &out, &n, &name)) return NULL;
-    int v = pick_variant(name, "tanh_grad_float");
+    int v = parse_tanh_grad(args, "tanh_grad_float", a, &n);
     if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].tanh_grad_float((const float *)w, (const float *)g, (float *)out, n);
+    VARIANTS[v].tanh_grad_float((const float *)a[0], (const float *)a[1], (float *)a[2], n);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -399,19 +404,27 @@ static PyObject *py_signs_float(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The arguments of pack_signs and weight_pass: (src, rows, cols, out1, out2, out3[, variant]),
+ * addresses and sizes; the variant's index, or -1 with the Python error set. */
+static int parse_rows_call(PyObject *args, const char *what, unsigned long long addr[4],
+                           long long *rows, long long *cols) {
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "KLLKKK|s", &addr[0], rows, cols, &addr[1], &addr[2], &addr[3],
+                          &name))
+        return -1;
+    return pick_variant(name, what);
+}
+
 /* pack_signs(src, rows, cols, bits, mask_or_0, counts_or_0[, variant]): addresses of float32
  * rows x cols, uint64 rows x ceil(cols / 64) (twice) and int64 rows. */
 static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
-    unsigned long long src, bits, mask, counts;
+    unsigned long long a[4];
     long long rows, cols;
-    const char *name = NULL;
-    if (!PyArg_ParseTuple(args, "KLLKKK|s", &src, &rows, &cols, &bits, &mask, &counts, &name))
-        return NULL;
-    int v = pick_variant(name, "pack_signs");
+    int v = parse_rows_call(args, "pack_signs", a, &rows, &cols);
     if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].pack((const float *)src, rows, cols, (uint64_t *)bits, (uint64_t *)mask,
-                     (int64_t *)counts);
+    VARIANTS[v].pack((const float *)a[0], rows, cols, (uint64_t *)a[1], (uint64_t *)a[2],
+                     (int64_t *)a[3]);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -419,16 +432,13 @@ static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
 /* weight_pass(w, rows, cols, bits, dtanh, signs_or_0[, variant]): addresses of float32 rows x
  * cols, uint64 rows x ceil(cols / 64), float32 rows x cols (twice). */
 static PyObject *py_weight_pass(PyObject *self, PyObject *args) {
-    unsigned long long w, bits, dtanh, signs;
+    unsigned long long a[4];
     long long rows, cols;
-    const char *name = NULL;
-    if (!PyArg_ParseTuple(args, "KLLKKK|s", &w, &rows, &cols, &bits, &dtanh, &signs, &name))
-        return NULL;
-    int v = pick_variant(name, "weight_pass");
+    int v = parse_rows_call(args, "weight_pass", a, &rows, &cols);
     if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].weight_pass((const float *)w, rows, cols, (uint64_t *)bits, (float *)dtanh,
-                            (float *)signs);
+    VARIANTS[v].weight_pass((const float *)a[0], rows, cols, (uint64_t *)a[1], (float *)a[2],
+                            (float *)a[3]);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
