@@ -534,6 +534,15 @@ def test_auto_precision_is_bfloat16_where_fast_and_float32_fast_without_a_warnin
     assert trainer_module.resolve_precision("float32-fast", torch.device("cpu")) == "float32-fast"
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float32-fast"])
+def test_cpu_precisions_fall_back_to_float32_elsewhere_with_one_warning(precision):
+    """Their ops (compiled passes, the popcount kernel) are the CPU's: on another device the
+    run is float32, and says so."""
+    with pytest.warns(UserWarning, match=f"precision {precision} is for CPUs") as w:
+        got = trainer_module.resolve_precision(precision, torch.device("meta"))
+    assert got == "float32" and len(w) == 1
+
+
 def test_precision_is_checked_and_old_configs_read_as_float32():
     with pytest.raises(InputError, match="precision must be float32, float32-fast, bfloat16 or"):
         TrainConfig(precision="float16")

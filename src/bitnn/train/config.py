@@ -58,8 +58,9 @@ class TrainConfig:
     # masks and compiled passes over the weights), or "float32-fast" (for CPUs without fast
     # bfloat16: round 2's forward exactly by XNOR-popcount, float32 gradients, bfloat16's
     # other fast ops). Where the CPU lacks fast bfloat16, bfloat16 falls back to
-    # float32-fast with a warning; "auto" is bfloat16 where it is fast and float32-fast
-    # elsewhere (float32 off the CPU), without a warning.
+    # float32-fast with a warning, and off the CPU both fall back to float32 with one; "auto"
+    # is bfloat16 where it is fast and float32-fast elsewhere (float32 off the CPU), without
+    # a warning.
     precision: str = "float32"
 
     def __post_init__(self) -> None:

@@ -263,22 +263,26 @@ def fast_bfloat16() -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """The precision a run trains at. ``bfloat16`` only on a CPU with fast bfloat16; on a CPU
-    without, float32-fast (float32 matmuls, the other fast ops), and off the CPU float32, with
-    one warning saying why (never silently). ``auto`` (the MNIST presets): the fastest without
-    a warning: bfloat16 where it is fast, else float32-fast on the CPU, float32 elsewhere."""
-    fallback = "float32-fast" if device.type == "cpu" else "float32"
+    without, float32-fast (float32 matmuls, the other fast ops). ``bfloat16`` and
+    ``float32-fast`` are for the CPU: elsewhere float32. Each fallback says why in one warning
+    (never silently). ``auto`` (the MNIST presets): the fastest without a warning: bfloat16
+    where it is fast, else float32-fast on the CPU, float32 elsewhere."""
     if name == "auto":
-        return "bfloat16" if device.type == "cpu" and fast_bfloat16() else fallback
-    if name != "bfloat16":
+        if device.type != "cpu":
+            return "float32"
+        return "bfloat16" if fast_bfloat16() else "float32-fast"
+    if name == "float32" or (device.type == "cpu" and name == "float32-fast"):
         return name
     if device.type != "cpu":
-        why = f"precision bfloat16 is for CPUs; on {device.type} training runs in float32"
+        why = f"precision {name} is for CPUs; on {device.type} training runs in float32"
+        fallback = "float32"
     elif not fast_bfloat16():
         why = (
             "this CPU has no fast bfloat16 dot products (AMX or AVX512-BF16): training runs in "
             "float32-fast, float32 matmuls (--precision float32-fast says so without this "
             "warning)"
         )
+        fallback = "float32-fast"
     else:
         return "bfloat16"
     warnings.warn(why, stacklevel=3)
