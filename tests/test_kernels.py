@@ -182,6 +182,26 @@ def test_bad_arrays_are_refused_or_converted(variant):
         eng.binarize(b, np.array([["a"] * 5]))
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(("n_a", "n_b", "n_bits"), [(1, 1, 1), (10, 33, 64), (70, 400, 1568)])
+def test_masked_dot_is_the_sum_over_the_mask(monkeypatch, variant, n_a, n_b, n_bits):
+    """masked_dot (training's exact round-2 product) in every variant: for +1/-1 rows a and b
+    and a mask per row of b, the sum of a * b where the mask is 1, as numpy computes it."""
+    from bitnn.bits import pack_bits
+
+    rng = np.random.default_rng(n_bits)
+    a = rng.choice([-1, 1], (n_a, n_bits))
+    b = rng.choice([-1, 1], (n_b, n_bits))
+    mask = rng.random((n_b, n_bits)) < 0.8
+    mask[0] = False  # a row with nothing present: 0
+    want = a @ (b * mask).T
+    monkeypatch.setenv("BITNN_KERNEL", variant)
+    out = np.empty((n_a, n_b), dtype=np.int64)
+    got = compiled.masked_dot(pack_signs(a), pack_signs(b), pack_bits(mask), mask.sum(1), 2, out)
+    assert got is out
+    np.testing.assert_array_equal(out, want)
+
+
 def test_engine_selection(monkeypatch):
     monkeypatch.setenv("BITNN_KERNEL", "portable")
     assert compiled.default_variant() == "portable"
