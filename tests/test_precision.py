@@ -126,7 +126,7 @@ def test_packed_signs_are_numpy_s_bits(cols):
         return np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
 
     for variant in layers._fused.variants():
-        bits, mask, counts = layers._packed_signs(x, True)
+        bits, mask, counts = layers._packed_signs(x)
         rows = bits.shape[0]
         b2, m2 = np.empty_like(bits), np.empty_like(mask)
         c2 = np.empty_like(counts)
@@ -147,7 +147,7 @@ def test_the_weight_pass_gives_bits_signs_and_tanh_prime_as_the_separate_passes(
     ones), in every variant; without signs wanted, none."""
     w = _latent(7 * cols + 8)[8 : 8 + 7 * cols].reshape(7, cols).clone()
     w.view(-1)[: min(8, w.numel())] = _latent(8)[: min(8, w.numel())]
-    bits_ref, _, _ = layers._packed_signs(w, False)
+    bits_ref, _, _ = layers._packed_signs(w)
     signs_ref = layers._latent_signs_float(w)
     dtanh_ref = layers._latent_grad(torch.ones_like(w), w)
     for variant in layers._fused.variants():

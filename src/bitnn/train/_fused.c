@@ -14,8 +14,8 @@
  *   pack_signs(X)     -> the rows of X as bits for the engine's XNOR-popcount layer kernel
  *                        (float32-fast's exact round-2 forward): bit j of row r is 1 where
  *                        X[r][j] is not negative (-0 and NaN count as +1, as float32's signs),
- *                        LSB first in 64-bit words; optionally also a mask of X != 0 (the
- *                        inputs dropout kept) and each row's count of those.
+ *                        LSB first in 64-bit words; also a mask of X != 0 (the inputs
+ *                        dropout kept) and each row's count of those.
  *   weight_pass(W)    -> for float32-fast's popcount forward, in one pass over the latent W
  *                        (rows x cols): its sign bits as pack_signs packs them, 1 - tanh(W)^2
  *                        (the backward multiplies the weight gradient by it: tanh_grad's
@@ -170,51 +170,45 @@ static inline void pack_tail(const float *s, int64_t n, uint64_t *b, uint64_t *m
 typedef void (*pack_fn)(const float *src, int64_t rows, int64_t cols, uint64_t *bits,
                         uint64_t *mask, int64_t *counts);
 
+/* One pack loop per variant: FULL sets b and m from the 64 floats at s + 64 * k (the row's
+ * last partial word goes through pack_tail). */
+#define PACK_LOOP(FULL)                                                                        \
+    int64_t words = (cols + 63) / 64;                                                          \
+    for (int64_t r = 0; r < rows; r++) {                                                       \
+        const float *s = src + r * cols;                                                       \
+        int64_t count = 0;                                                                     \
+        for (int64_t k = 0; k < words; k++) {                                                  \
+            uint64_t b = 0, m = 0;                                                             \
+            if (cols - 64 * k >= 64)                                                           \
+                FULL                                                                           \
+            else                                                                               \
+                pack_tail(s + 64 * k, cols - 64 * k, &b, &m);                                  \
+            bits[r * words + k] = b;                                                           \
+            mask[r * words + k] = m;                                                           \
+            count += __builtin_popcountll(m);                                                  \
+        }                                                                                      \
+        counts[r] = count;                                                                     \
+    }
+
 static void pack_portable(const float *src, int64_t rows, int64_t cols, uint64_t *bits,
                           uint64_t *mask, int64_t *counts) {
-    int64_t words = (cols + 63) / 64;
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t count = 0;
-        for (int64_t k = 0; k < words; k++) {
-            int64_t n = cols - 64 * k < 64 ? cols - 64 * k : 64;
-            uint64_t b, m;
-            pack_tail(src + r * cols + 64 * k, n, &b, &m);
-            bits[r * words + k] = b;
-            if (mask) mask[r * words + k] = m;
-            count += __builtin_popcountll(m);
-        }
-        if (counts) counts[r] = count;
-    }
+    PACK_LOOP({ pack_tail(s + 64 * k, 64, &b, &m); })
 }
 
 /* 8 floats per compare, their sign bits by movemask: 64 bits from 8 loads. */
 __attribute__((target("avx2,popcnt"))) static void pack_avx2(const float *src, int64_t rows,
                                                              int64_t cols, uint64_t *bits,
                                                              uint64_t *mask, int64_t *counts) {
-    int64_t words = (cols + 63) / 64;
     const __m256 zero = _mm256_setzero_ps();
-    for (int64_t r = 0; r < rows; r++) {
-        const float *s = src + r * cols;
-        int64_t count = 0;
-        for (int64_t k = 0; k < words; k++) {
-            uint64_t b = 0, m = 0;
-            if (cols - 64 * k >= 64) {
-                for (int c = 0; c < 8; c++) {
-                    __m256 v = _mm256_loadu_ps(s + 64 * k + 8 * c);
-                    uint64_t nb = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NLT_UQ));
-                    uint64_t nm = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
-                    b |= nb << (8 * c);
-                    m |= nm << (8 * c);
-                }
-            } else {
-                pack_tail(s + 64 * k, cols - 64 * k, &b, &m);
-            }
-            bits[r * words + k] = b;
-            if (mask) mask[r * words + k] = m;
-            count += __builtin_popcountll(m);
+    PACK_LOOP({
+        for (int c = 0; c < 8; c++) {
+            __m256 v = _mm256_loadu_ps(s + 64 * k + 8 * c);
+            uint64_t nb = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NLT_UQ));
+            uint64_t nm = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
+            b |= nb << (8 * c);
+            m |= nm << (8 * c);
         }
-        if (counts) counts[r] = count;
-    }
+    })
 }
 
 /* ---- weight_pass --------------------------------------------------------------------------- */
@@ -415,7 +409,7 @@ static int parse_rows_call(PyObject *args, const char *what, unsigned long long 
     return pick_variant(name, what);
 }
 
-/* pack_signs(src, rows, cols, bits, mask_or_0, counts_or_0[, variant]): addresses of float32
+/* pack_signs(src, rows, cols, bits, mask, counts[, variant]): addresses of float32
  * rows x cols, uint64 rows x ceil(cols / 64) (twice) and int64 rows. */
 static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
     unsigned long long a[4];
@@ -477,7 +471,7 @@ static PyMethodDef methods[] = {
     {"signs_float", py_signs_float, METH_VARARGS,
      "sign(W) as float32, 0 where |W| < t (addresses, n[, t])."},
     {"pack_signs", py_pack_signs, METH_VARARGS,
-     "Sign bits (and optionally nonzero bits and their counts) of float32 rows (addresses, "
+     "Sign bits, nonzero bits and their counts of float32 rows (addresses, "
      "sizes[, variant])."},
     {"weight_pass", py_weight_pass, METH_VARARGS,
      "Sign bits, 1 - tanh(W)^2 and optionally float32 signs of W's rows (addresses, sizes"

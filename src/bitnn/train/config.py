@@ -9,6 +9,9 @@ from typing import Any
 
 from bitnn.errors import InputError
 
+# The ops training can run (BitMLP.set_precision); TrainConfig.precision adds "auto".
+PRECISIONS = ("float32", "float32-fast", "bfloat16")
+
 
 @dataclass
 class TrainConfig:
@@ -108,7 +111,7 @@ class TrainConfig:
         for name in ("dropout_input", "dropout_hidden", "sparsity", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1)")
-        if self.precision not in ("float32", "float32-fast", "bfloat16", "auto"):
+        if self.precision not in (*PRECISIONS, "auto"):
             problems.append(
                 f"precision must be float32, float32-fast, bfloat16 or auto, not {self.precision!r}"
             )

@@ -43,6 +43,7 @@ import numpy as np
 from bitnn.engine import compiled as _engine
 from bitnn.errors import InputError
 from bitnn.train._torch import torch
+from bitnn.train.config import PRECISIONS
 
 F, nn = torch.nn.functional, torch.nn
 
@@ -227,22 +228,19 @@ class _ExactBitLinear(torch.autograd.Function):
         return grad_x, grad_w.float(), None, None, None
 
 
-def _packed_signs(x: torch.Tensor, with_mask: bool) -> tuple:
-    """Rows of float32 ``x`` as uint64 sign words (1 where x is not negative) and, with
-    ``with_mask``, words of x != 0 and their count per row (numpy views of PyTorch's buffers,
-    which its allocator reuses from step to step): one compiled pass."""
+def _packed_signs(x: torch.Tensor) -> tuple:
+    """Rows of float32 ``x`` as uint64 sign words (1 where x is not negative), words of
+    x != 0 and their count per row (numpy views of PyTorch's buffers, which its allocator
+    reuses from step to step): one compiled pass."""
     rows, cols = x.shape
     words = -(-cols // 64)
     bits = torch.empty((rows, words), dtype=torch.int64).numpy().view(np.uint64)
-    mask = counts = None
-    if with_mask:
-        mask = torch.empty((rows, words), dtype=torch.int64).numpy().view(np.uint64)
-        counts = torch.empty(rows, dtype=torch.int64).numpy()
+    mask = torch.empty((rows, words), dtype=torch.int64).numpy().view(np.uint64)
+    counts = torch.empty(rows, dtype=torch.int64).numpy()
     with torch.profiler.record_function("bitnn_fused::pack_signs"):
         _fused.pack_signs(
-            x.data_ptr(), rows, cols, bits.ctypes.data,
-            0 if mask is None else mask.ctypes.data, 0 if counts is None else counts.ctypes.data,
-        )  # fmt: skip
+            x.data_ptr(), rows, cols, bits.ctypes.data, mask.ctypes.data, counts.ctypes.data
+        )
     return bits, mask, counts
 
 
@@ -286,7 +284,7 @@ class _PopcountBitLinear(torch.autograd.Function):
     def forward(ctx, x, w, scale):  # type: ignore[override]
         x, w = x.contiguous(), w.contiguous()
         w_bits, dtanh, w_signs = _weight_pass(w, ctx.needs_input_grad[0])
-        x_bits, x_mask, kept = _packed_signs(x, True)
+        x_bits, x_mask, kept = _packed_signs(x)
         n = x.shape[0]
         out = torch.empty((w.shape[0], n), dtype=torch.int64)  # no fresh pages each step
         with torch.profiler.record_function("bitnn_engine::masked_dot"):
@@ -317,9 +315,6 @@ def keep_mask(h: torch.Tensor, p: float) -> torch.Tensor:
     words.random_(-(2**63), 2**63 - 1)  # the whole 64-bit range (one value short)
     return words.view(torch.int16)[:n].view(h.shape) >= threshold
 
-
-# The ops training can run (BitMLP.set_precision); TrainConfig.precision adds "auto".
-PRECISIONS = ("float32", "float32-fast", "bfloat16")
 
 # At most this many weights of a layer estimate its sparsity threshold (BitLinear.absent_below).
 BETA_SAMPLE = 65536
