@@ -34,7 +34,7 @@ from bitnn.data.corpora import (
 )
 from bitnn.speech.denoise import mixture_features
 from bitnn.speech.metrics import separation_metrics
-from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures
+from bitnn.speech.mixtures import AudioCache, draw_mixtures, iter_mixtures, power
 from bitnn.speech.protocol import SNRS_DB, TRAIN_NOISES, TRAIN_VOICES
 from bitnn.speech.spectra import (
     SpectrogramConfig,
@@ -123,6 +123,49 @@ def eq_perturbed(
     return out
 
 
+def _trim_silence(x: np.ndarray, rate: int, floor_db: float = -40.0) -> np.ndarray:
+    """``x`` without its quiet ends: 20 ms frames more than ``-floor_db`` dB under the loudest."""
+    frame = rate // 50
+    n = x.size // frame
+    if n == 0:
+        return x
+    energy = np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1)
+    loud = np.nonzero(energy > energy.max() * 10.0 ** (floor_db / 10.0))[0]
+    return x[loud[0] * frame : (loud[-1] + 1) * frame] if loud.size else x[:0]
+
+
+def _talker(files, n: int, rng: np.random.Generator, audio: AudioCache) -> np.ndarray:
+    """``n`` samples of one voice talking on: its utterances back to back, each at unit RMS."""
+    parts, got = [], 0
+    while got < n:
+        x = _trim_silence(audio(files[rng.integers(len(files))]), audio.rate)
+        if x.size < audio.rate // 10:  # nothing left above the floor
+            continue
+        parts.append(x / np.sqrt(power(x)))
+        got += x.size
+    return np.concatenate(parts)[:n]
+
+
+def babble_noise(
+    voices: dict[str, list[Path]], talkers: int, audio: AudioCache, folder: Path,
+    files: int = 20, seconds: float = 30.0, seed: int = 0,
+) -> list[Path]:  # fmt: skip
+    """Babble of the training voices: ``files`` recordings of ``seconds``, each the sum of
+    ``talkers`` distinct voices at levels within +-3 dB of each other, each voice its own
+    utterances back to back (quiet ends trimmed); RMS 0.1."""
+    voices = {v: sorted(f for f in fs if audio.usable(f)) for v, fs in voices.items()}
+    names = sorted(voices)
+    rng = np.random.default_rng(seed)
+    n = round(seconds * audio.rate)
+    paths = []
+    for i in range(files):
+        who = rng.choice(names, size=min(talkers, len(names)), replace=False)
+        y = sum(_talker(voices[v], n, rng, audio) * 10.0 ** (rng.uniform(-3, 3) / 20) for v in who)
+        y = 0.1 * y / np.sqrt(power(y))
+        paths.append(write_wav(folder / f"babble-{i:02d}.wav", y.astype(np.float32), audio.rate))
+    return paths
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mixtures", type=int, default=800)
@@ -163,6 +206,10 @@ def main() -> int:
         "--extra-noises", default=None, metavar="DIR",
         help="also train on these noises (bitnn.data.corpora.noise_folder: one type per "
         "sub-folder, or the folder's own files as one type)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--babble", type=int, default=0, metavar="N",
+        help="also train on babble of N of the training voices at once (one more noise type)",
     )  # fmt: skip
     ap.add_argument(
         "--noise-eq", type=int, default=0, metavar="N",
@@ -212,6 +259,8 @@ def main() -> int:
         if args.extra_noises:
             noises |= noise_folder(args.extra_noises)
         tmp = tempfile.TemporaryDirectory()
+        if args.babble:
+            noises["babble"] = babble_noise(voices, args.babble, audio, Path(tmp.name))
         if args.noise_eq:
             noises = eq_perturbed(noises, args.noise_eq, audio, Path(tmp.name))
         if args.noise_speeds:
