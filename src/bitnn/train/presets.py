@@ -55,7 +55,8 @@ _MNIST = {
 # Speech denoising (bitnn train-denoiser): the paper's 2 x 2048 network, frames as samples.
 # Chosen on held-out voices and a held-out noise type (docs/results/denoise.md): validation
 # bit accuracy peaks within a few epochs of round 1, so few epochs; each round ends with its
-# last epoch.
+# last epoch. bfloat16 or float32-fast where the CPU suits them: the same validation SDR as
+# float32 (docs/results/denoise-exploration.md, runs 14-15 and 33, 38).
 _DENOISE = {
     "hidden": (2048, 2048),
     "epochs_round1": 3,
@@ -66,6 +67,7 @@ _DENOISE = {
     "dropout_input": 0.2,
     "dropout_hidden": 0.2,
     "keep": "last",
+    "precision": "auto",
 }
 
 # Keyword classification from utterance features (FSDD digits, users' audio class folders):
