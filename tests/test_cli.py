@@ -257,8 +257,11 @@ def test_presets_carry_the_paper_architecture_for_mnist():
     assert values["hidden"] == (2048, 2048, 2048) and values["bias_kind"] == "threshold"
     assert {k: values[k] for k in recipe} == recipe
     assert (values["epochs_round1"], values["epochs_round2"]) == (30, 80)
-    # denoising and keyword presets keep the trainer's own precision
-    assert "precision" not in resolve("best", {}, None, "denoise")[0]
+    # the denoising presets take auto too (their validation SDR held at float32-fast and
+    # bfloat16); keyword presets keep the trainer's own precision
+    for preset in ("paper", "best"):
+        assert resolve(preset, {}, None, "denoise")[0]["precision"] == "auto"
+        assert "precision" not in resolve(preset, {}, None, "keywords")[0]
     values, _ = resolve("best", {"hidden": (64,), "epochs_round1": 1}, None, "mnist")
     assert values["hidden"] == (64,) and values["epochs_round1"] == 1
     values, _ = resolve(None, {"seed": 3}, None, "mnist")  # the images' shape, preset or not
