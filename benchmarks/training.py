@@ -187,7 +187,7 @@ _GROUPS = [  # (group, substrings of op names), first match wins
     ),
     (
         "data movement",
-        ("copy", "to", "index", "cat", "stack", "view", "reshape", "contiguous", "scores_t"),
+        ("copy", "to", "index", "cat", "stack", "view", "reshape", "contiguous"),
     ),
 ]
 

@@ -183,23 +183,52 @@ def test_bad_arrays_are_refused_or_converted(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize(("n_a", "n_b", "n_bits"), [(1, 1, 1), (10, 33, 64), (70, 400, 1568)])
-def test_masked_dot_is_the_sum_over_the_mask(monkeypatch, variant, n_a, n_b, n_bits):
-    """masked_dot (training's exact round-2 product) in every variant: for +1/-1 rows a and b
-    and a mask per row of b, the sum of a * b where the mask is 1, as numpy computes it."""
+@pytest.mark.parametrize(
+    ("n_x", "n_w", "n_bits"), [(1, 1, 1), (33, 10, 64), (400, 70, 1568), (7, 1024, 2000)]
+)
+def test_masked_dot_is_the_sum_over_the_mask(monkeypatch, variant, n_x, n_w, n_bits):
+    """masked_dot (training's exact round-2 product) in every variant: for +1/-1 rows x and w
+    and a mask per row of x, the sum of x * w where the mask is 1, as numpy computes it."""
     from bitnn.bits import pack_bits
 
     rng = np.random.default_rng(n_bits)
-    a = rng.choice([-1, 1], (n_a, n_bits))
-    b = rng.choice([-1, 1], (n_b, n_bits))
-    mask = rng.random((n_b, n_bits)) < 0.8
+    x = rng.choice([-1, 1], (n_x, n_bits))
+    w = rng.choice([-1, 1], (n_w, n_bits))
+    mask = rng.random((n_x, n_bits)) < 0.8
     mask[0] = False  # a row with nothing present: 0
-    want = a @ (b * mask).T
+    want = (x * mask) @ w.T
     monkeypatch.setenv("BITNN_KERNEL", variant)
-    out = np.empty((n_a, n_b), dtype=np.int64)
-    got = compiled.masked_dot(pack_signs(a), pack_signs(b), pack_bits(mask), mask.sum(1), 2, out)
+    out = np.empty((n_x, n_w), dtype=np.int64)
+    got = compiled.masked_dot(pack_signs(x), pack_bits(mask), mask.sum(1), pack_signs(w), 2, out)
     assert got is out
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_row_masks_are_refused_where_the_kernel_cannot_apply_them(variant):
+    """A mask per input row comes with its row offsets, in scores mode, without unit masks and
+    not in the avx512 variant; a row mask or offset buffer too small is refused."""
+    v, layer = compiled.VARIANTS.index(variant), compiled._kernels.layer
+    x, w = np.full((2, 1), 2**64 - 1, np.uint64), np.zeros((1, 1, 32), np.uint64)  # +1s, -1s
+    lim, out = np.zeros(32, np.int64), np.zeros((2, 32), np.int64)
+    row_mask = np.array([[2**64 - 1], [2**32 - 1]], np.uint64)  # rows of 64 and 32 present
+    row_offset = np.array([64, 32], np.int64)  # the present counts: scores = dot products
+    ok = (v, x, w, None, lim, 2, 1, 1, 32, 1, out, 1)
+    bad = [
+        (*ok, row_mask),  # no offsets
+        (*ok[:3], w, *ok[4:], row_mask, row_offset),  # and unit masks
+        (*ok[:9], 0, *ok[10:], row_mask, row_offset),  # bits mode
+        (*ok, row_mask[:1], row_offset),  # one row's mask for two rows
+        (*ok, row_mask, row_offset[:1]),
+    ]
+    if variant == "avx512":
+        bad.append((*ok, row_mask, row_offset))
+    else:
+        layer(*ok, row_mask, row_offset)
+        assert (out[0] == -64).all() and (out[1] == -32).all()
+    for args in bad:
+        with pytest.raises(ValueError):
+            layer(*args)
 
 
 def test_engine_selection(monkeypatch):

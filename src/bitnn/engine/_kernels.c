@@ -11,6 +11,10 @@
  * w[q][k][32]: for quad q (units 32q..32q+31) and input word k, the 32 units' words are
  * contiguous, so one 512-bit load holds word k of 8 units and no horizontal sums are needed.
  * Padding units have weight 0, mask 0 and limit -1, so they never fire.
+ *
+ * Masks: a unit's (absent weights, in the quads' layout) or, for training's round-2 products,
+ * an input row's (dropout's zeros: one word per input word, broadcast over the units; the
+ * portable and AVX2 variants), whose count each row's scores get as their offset.
  */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #define PY_SSIZE_T_CLEAN
@@ -36,7 +40,9 @@ typedef struct {
     const uint64_t *x;   /* B x K input words */
     const uint64_t *w;   /* Q x K x 32 */
     const uint64_t *m;   /* same layout, or NULL: all present */
+    const uint64_t *xm;  /* B x K: a mask per input row (training's dropout), or NULL */
     const int64_t *lim;  /* Q*32: bits mode: fire iff count <= lim; scores: score = lim - 2*count */
+    const int64_t *xoff; /* B, with xm: added to row r's scores (its mask's count), else NULL */
     int64_t B, K, Q, n_out, out_words;
     int mode;
     uint64_t *out_bits;  /* B x out_words, zero-initialised by the caller */
@@ -54,9 +60,9 @@ static inline void emit_counts(const layer_args *a, int64_t r, int64_t q, const 
         for (int l = 0; l < QUAD; l++) bits |= (uint32_t)(c[l] <= lim[l]) << l;
         memcpy((char *)(a->out_bits + r * a->out_words) + 4 * q, &bits, 4);
     } else {
-        int64_t base = q * QUAD;
+        int64_t base = q * QUAD, row = a->xoff ? a->xoff[r] : 0;
         int64_t *out = a->out_scores + r * a->n_out;
-        for (int l = 0; l < QUAD && base + l < a->n_out; l++) out[base + l] = lim[l] - 2 * c[l];
+        for (int l = 0; l < QUAD && base + l < a->n_out; l++) out[base + l] = row + lim[l] - 2 * c[l];
     }
 }
 
@@ -65,23 +71,33 @@ static inline void emit_counts(const layer_args *a, int64_t r, int64_t q, const 
 /* 2 rows x 2 units per pass: the 4 accumulators, the loaded words and the pointers all fit in
  * the 16 general registers (more accumulators spill to memory and halve the speed). The mask
  * test is a compile-time constant after inlining, so each case gets its own loop. */
+enum { NO_MASK = 0, UNIT_MASK = 1, ROW_MASK = 2 };
+
 static inline __attribute__((always_inline)) void portable_block(const layer_args *a, int64_t q, int l0,
                                                                  int64_t r, int rows, int masked,
                                                                  int64_t *c0, int64_t *c1) {
     const int64_t K = a->K;
     const uint64_t *wq = a->w + q * K * QUAD + l0;
-    const uint64_t *mq = masked ? a->m + q * K * QUAD + l0 : NULL;
+    const uint64_t *mq = masked == UNIT_MASK ? a->m + q * K * QUAD + l0 : NULL;
     const uint64_t *x0 = a->x + r * K, *x1 = a->x + (r + rows - 1) * K;
+    const uint64_t *xm0 = masked == ROW_MASK ? a->xm + r * K : NULL;
+    const uint64_t *xm1 = masked == ROW_MASK ? a->xm + (r + rows - 1) * K : NULL;
     int64_t s00 = 0, s01 = 0, s10 = 0, s11 = 0;
     for (int64_t k = 0; k < K; k++) {
         const uint64_t *wk = wq + k * QUAD;
         uint64_t w0 = wk[0], w1 = wk[1], a0 = x0[k], a1 = x1[k];
-        if (masked) {
+        if (masked == UNIT_MASK) {
             const uint64_t *mk = mq + k * QUAD;
             uint64_t m0 = mk[0], m1 = mk[1];
             s00 += __builtin_popcountll((a0 ^ w0) & m0);
             s01 += __builtin_popcountll((a0 ^ w1) & m1);
             s10 += __builtin_popcountll((a1 ^ w0) & m0);
+            s11 += __builtin_popcountll((a1 ^ w1) & m1);
+        } else if (masked == ROW_MASK) {
+            uint64_t m0 = xm0[k], m1 = xm1[k];
+            s00 += __builtin_popcountll((a0 ^ w0) & m0);
+            s01 += __builtin_popcountll((a0 ^ w1) & m0);
+            s10 += __builtin_popcountll((a1 ^ w0) & m1);
             s11 += __builtin_popcountll((a1 ^ w1) & m1);
         } else {
             s00 += __builtin_popcountll(a0 ^ w0);
@@ -101,9 +117,11 @@ static inline __attribute__((always_inline)) void portable_body(const layer_args
         int rows = r + 1 < r1 ? 2 : 1; /* a last odd row is computed twice, emitted once */
         for (int64_t q = q0; q < q1; q++) {
             if (a->m)
-                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, 1, c0, c1);
+                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, UNIT_MASK, c0, c1);
+            else if (a->xm)
+                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, ROW_MASK, c0, c1);
             else
-                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, 0, c0, c1);
+                for (int l0 = 0; l0 < QUAD; l0 += 2) portable_block(a, q, l0, r, rows, NO_MASK, c0, c1);
             emit_counts(a, r, q, c0);
             if (rows == 2) emit_counts(a, r + 1, q, c1);
         }
@@ -130,9 +148,11 @@ __attribute__((target("avx2"))) static inline __m256i popcnt_bytes(__m256i v, __
 }
 
 /* One row x 16 units (4 vectors) per pass: 4 byte counters, 4 lane accumulators and the
- * constants fit the 16 vector registers (8 vectors per pass spill and run at half speed). */
+ * constants fit the 16 vector registers (8 vectors per pass spill and run at half speed).
+ * The mask is the units' (mq, loaded with the weights) or the row's (xmr, one broadcast). */
 __attribute__((target("avx2,popcnt"))) static inline __attribute__((always_inline)) void avx2_half(
-    const layer_args *a, const uint64_t *xr, const uint64_t *wq, const uint64_t *mq, int64_t *c) {
+    const layer_args *a, const uint64_t *xr, const uint64_t *wq, const uint64_t *mq, const uint64_t *xmr,
+    int64_t *c) {
     const int64_t K = a->K;
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
                                          2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -145,10 +165,12 @@ __attribute__((target("avx2,popcnt"))) static inline __attribute__((always_inlin
         for (int i = 0; i < 4; i++) bytes[i] = zero;
         for (int64_t k = k0; k < k1; k++) {
             __m256i xb = _mm256_set1_epi64x((long long)xr[k]);
+            __m256i rm = xmr ? _mm256_set1_epi64x((long long)xmr[k]) : zero;
             const __m256i *wk = (const __m256i *)(wq + k * QUAD);
             for (int i = 0; i < 4; i++) {
                 __m256i v = _mm256_xor_si256(xb, _mm256_loadu_si256(wk + i));
                 if (mq) v = _mm256_and_si256(v, _mm256_loadu_si256((const __m256i *)(mq + k * QUAD) + i));
+                if (xmr) v = _mm256_and_si256(v, rm);
                 bytes[i] = _mm256_add_epi8(bytes[i], popcnt_bytes(v, lut, low));
             }
         }
@@ -167,11 +189,15 @@ __attribute__((target("avx2,popcnt"))) static void layer_avx2(const layer_args *
             const uint64_t *wq = a->w + q * K * QUAD;
             if (a->m) {
                 const uint64_t *mq = a->m + q * K * QUAD;
-                avx2_half(a, xr, wq, mq, c);
-                avx2_half(a, xr, wq + 16, mq + 16, c + 16);
+                avx2_half(a, xr, wq, mq, NULL, c);
+                avx2_half(a, xr, wq + 16, mq + 16, NULL, c + 16);
+            } else if (a->xm) {
+                const uint64_t *xmr = a->xm + r * K;
+                avx2_half(a, xr, wq, NULL, xmr, c);
+                avx2_half(a, xr, wq + 16, NULL, xmr, c + 16);
             } else {
-                avx2_half(a, xr, wq, NULL, c);
-                avx2_half(a, xr, wq + 16, NULL, c + 16);
+                avx2_half(a, xr, wq, NULL, NULL, c);
+                avx2_half(a, xr, wq + 16, NULL, NULL, c + 16);
             }
             emit_counts(a, r, q, c);
         }
@@ -680,28 +706,39 @@ static int check_variant(int variant) {
     return 0;
 }
 
-/* layer(variant, x, w, m_or_None, lim, B, K, Q, n_out, mode, out, threads) */
+/* layer(variant, x, w, m_or_None, lim, B, K, Q, n_out, mode, out, threads[, row_mask, row_offset])
+ * row_mask: B x K words, each input row's own mask (training's dropout), with row_offset (B
+ * int64, added to the row's scores); only without m, and not in the avx512 variant (training
+ * there keeps the rows as the kernel's units, whose masks its tiles load with the weights). */
 static PyObject *py_layer(PyObject *self, PyObject *args) {
     int variant, mode, threads;
-    PyObject *xo, *wo, *mo, *lo, *oo;
+    PyObject *xo, *wo, *mo, *lo, *oo, *xmo = Py_None, *xoo = Py_None;
     long long B, K, Q, n_out;
-    if (!PyArg_ParseTuple(args, "iOOOOLLLLiOi", &variant, &xo, &wo, &mo, &lo, &B, &K, &Q, &n_out, &mode, &oo,
-                          &threads))
+    if (!PyArg_ParseTuple(args, "iOOOOLLLLiOi|OO", &variant, &xo, &wo, &mo, &lo, &B, &K, &Q, &n_out, &mode, &oo,
+                          &threads, &xmo, &xoo))
         return NULL;
     if (check_variant(variant)) return NULL;
     if (B < 0 || K < 1 || Q < 1 || n_out < 1 || n_out / QUAD + (n_out % QUAD != 0) > Q || (mode != MODE_BITS && mode != MODE_SCORES)) {
         PyErr_SetString(PyExc_ValueError, "invalid layer dimensions or mode");
         return NULL;
     }
+    int have_m = mo != Py_None, have_xm = xmo != Py_None;
+    if (have_xm != (xoo != Py_None) || (have_xm && (have_m || variant == V_AVX512 || mode != MODE_SCORES))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "row masks come with row offsets, in scores mode, without unit masks, in the portable or avx2 variant");
+        return NULL;
+    }
     int64_t out_words = n_out / 64 + (n_out % 64 != 0);
-    Py_buffer xb, wb, mb, lb, ob;
-    int have_m = mo != Py_None;
+    Py_buffer xb, wb, mb, xmb, xob, lb, ob;
     if (get_buffer(xo, &xb, 0, size_product(B, K, 8, 1), "input")) return NULL;
     if (get_buffer(wo, &wb, 0, size_product(Q, K, QUAD, 8), "weight")) goto fail_x;
     if (have_m && get_buffer(mo, &mb, 0, size_product(Q, K, QUAD, 8), "mask")) goto fail_w;
-    if (get_buffer(lo, &lb, 0, size_product(Q, QUAD, 8, 1), "limit")) goto fail_m;
+    if (have_xm && get_buffer(xmo, &xmb, 0, size_product(B, K, 8, 1), "row mask")) goto fail_m;
+    if (have_xm && get_buffer(xoo, &xob, 0, size_product(B, 8, 1, 1), "row offset")) goto fail_xm;
+    if (get_buffer(lo, &lb, 0, size_product(Q, QUAD, 8, 1), "limit")) goto fail_xo;
     if (get_buffer(oo, &ob, 1, size_product(B, mode == MODE_BITS ? out_words : n_out, 8, 1), "output")) goto fail_l;
-    layer_args a = {xb.buf, wb.buf, have_m ? mb.buf : NULL, lb.buf, B, K, Q, n_out, out_words, mode,
+    layer_args a = {xb.buf, wb.buf, have_m ? mb.buf : NULL, have_xm ? xmb.buf : NULL, lb.buf,
+                    have_xm ? xob.buf : NULL, B, K, Q, n_out, out_words, mode,
                     mode == MODE_BITS ? ob.buf : NULL, mode == MODE_SCORES ? ob.buf : NULL};
     layer_job job = {layer_kernel(variant), &a};
     int64_t work = size_product(B, K, 64, n_out); /* buffers are real: no overflow, but stay safe */
@@ -712,12 +749,18 @@ static PyObject *py_layer(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&ob);
     PyBuffer_Release(&lb);
+    if (have_xm) PyBuffer_Release(&xob);
+    if (have_xm) PyBuffer_Release(&xmb);
     if (have_m) PyBuffer_Release(&mb);
     PyBuffer_Release(&wb);
     PyBuffer_Release(&xb);
     Py_RETURN_NONE;
 fail_l:
     PyBuffer_Release(&lb);
+fail_xo:
+    if (have_xm) PyBuffer_Release(&xob);
+fail_xm:
+    if (have_xm) PyBuffer_Release(&xmb);
 fail_m:
     if (have_m) PyBuffer_Release(&mb);
 fail_w:

@@ -115,25 +115,40 @@ def _check_input(x: np.ndarray, words: int) -> np.ndarray:
 
 
 def masked_dot(
-    a: np.ndarray,
-    b: np.ndarray,
-    b_mask: np.ndarray,
-    b_present: np.ndarray,
+    x: np.ndarray,
+    x_mask: np.ndarray,
+    x_present: np.ndarray,
+    w: np.ndarray,
     threads: int,
     out: np.ndarray,
 ) -> np.ndarray:
-    """``out[i, j]`` = the sum over the positions k where ``b_mask[j]`` has a 1 of
-    ``a[i, k] * b[j, k]``, for +1/-1 values packed as bits (1 = +1) in uint64 rows of equal
-    length, ``b_present[j]`` being the count of ``b_mask[j]``'s ones: the layer kernel with the
-    rows of ``b`` as its units (training's exact round-2 products: ``bitnn.train.layers``).
-    ``out``: int64, ``(len(a), len(b))``, C-contiguous."""
-    n_b, words = b.shape
-    quads = -(-n_b // QUAD)
-    offset = np.zeros(quads * QUAD, dtype=np.int64)
-    offset[:n_b] = b_present  # score = present - 2 * mismatches
+    """``out[i, j]`` = the sum over the positions k where ``x_mask[i]`` has a 1 of
+    ``x[i, k] * w[j, k]``, for +1/-1 values packed as bits (1 = +1) in uint64 rows of equal
+    length, ``x_present[i]`` being the count of ``x_mask[i]``'s ones (int64): training's exact
+    round-2 products (``bitnn.train.layers``), a batch ``x`` with dropout's zeros as its mask
+    against a layer's sign bits ``w``. ``out``: int64, ``(len(x), len(w))``, C-contiguous.
+
+    The rows of ``w`` are the layer kernel's units and each row of ``x`` brings its mask (one
+    broadcast per word), except in the avx512 variant, whose tiles load a mask per unit: there
+    the rows of ``x`` are the units (their masks in quads) and the result comes back transposed."""
+    n_x, words = x.shape
+    x_present = np.ascontiguousarray(x_present, dtype=np.int64)
+    variant = default_variant()
+    if variant == "avx512":
+        quads = -(-n_x // QUAD)
+        offset = np.zeros(quads * QUAD, dtype=np.int64)
+        offset[:n_x] = x_present  # score = present - 2 * mismatches
+        scores = np.empty((len(w), n_x), dtype=np.int64)
+        _kernels.layer(
+            VARIANTS.index(variant), w, _to_quads(x, quads), _to_quads(x_mask, quads),
+            offset, len(w), words, quads, n_x, 1, scores, threads,
+        )  # fmt: skip
+        out[...] = scores.T
+        return out
+    quads = -(-len(w) // QUAD)
     _kernels.layer(
-        VARIANTS.index(default_variant()), a, _to_quads(b, quads), _to_quads(b_mask, quads),
-        offset, a.shape[0], words, quads, n_b, 1, out, threads,
+        VARIANTS.index(variant), x, _to_quads(w, quads), None, np.zeros(quads * QUAD, np.int64),
+        n_x, words, quads, len(w), 1, out, threads, x_mask, x_present,
     )  # fmt: skip
     return out
 

@@ -20,8 +20,6 @@
  *                        (rows x cols): its sign bits as pack_signs packs them, 1 - tanh(W)^2
  *                        (the backward multiplies the weight gradient by it: tanh_grad's
  *                        values) and optionally sign(W) as float32 (for the input gradient).
- *   scores_t(S, scale)-> the kernel's int64 scores S (units x samples) as float32 samples x
- *                        units, times scale: transposed in tiles, converted, scaled, one pass.
  *
  * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, the
  * widest the CPU runs), within a few units in the last place of PyTorch's tanh. Single-threaded
@@ -290,22 +288,6 @@ static void weight_pass_sse(const float *w, int64_t rows, int64_t cols, uint64_t
     })
 }
 
-/* ---- scores_t ------------------------------------------------------------------------------ */
-
-#define TILE 32
-__attribute__((target_clones("avx2", "default"))) static void scores_t_loop(
-    const int64_t *src, float *dst, int64_t units, int64_t samples, float scale) {
-    for (int64_t u0 = 0; u0 < units; u0 += TILE) {
-        int64_t u1 = u0 + TILE < units ? u0 + TILE : units;
-        for (int64_t s0 = 0; s0 < samples; s0 += TILE) {
-            int64_t s1 = s0 + TILE < samples ? s0 + TILE : samples;
-            for (int64_t s = s0; s < s1; s++)
-                for (int64_t u = u0; u < u1; u++)
-                    dst[s * units + u] = (float)src[u * samples + s] * scale;
-        }
-    }
-}
-
 /* __builtin_cpu_supports takes only string literals: one check function per feature */
 static int runs_sse(void) { return 1; } /* part of x86-64 */
 static int runs_avx2(void) { return __builtin_cpu_init(), __builtin_cpu_supports("avx2"); }
@@ -437,19 +419,6 @@ static PyObject *py_weight_pass(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* scores_t(src, dst, units, samples, scale): addresses of int64 units x samples and float32
- * samples x units. */
-static PyObject *py_scores_t(PyObject *self, PyObject *args) {
-    unsigned long long src, dst;
-    long long units, samples;
-    float scale;
-    if (!PyArg_ParseTuple(args, "KKLLf", &src, &dst, &units, &samples, &scale)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    scores_t_loop((const int64_t *)src, (float *)dst, units, samples, scale);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
-}
-
 static PyObject *py_variants(PyObject *self, PyObject *noargs) {
     PyObject *list = PyList_New(0);
     for (int v = 0; list && v < N_VARIANTS; v++) {
@@ -476,8 +445,6 @@ static PyMethodDef methods[] = {
     {"weight_pass", py_weight_pass, METH_VARARGS,
      "Sign bits, 1 - tanh(W)^2 and optionally float32 signs of W's rows (addresses, sizes"
      "[, variant])."},
-    {"scores_t", py_scores_t, METH_VARARGS,
-     "float32 transpose of int64 scores, times scale (addresses, units, samples, scale)."},
     {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
     {NULL, NULL, 0, NULL},
 };

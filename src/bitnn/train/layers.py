@@ -274,26 +274,23 @@ class _PopcountBitLinear(torch.autograd.Function):
     """Round 2's x @ sign(W).T at ``precision=float32-fast``, for latent weights without absent
     ones: x holds -1/0/+1 times ``scale`` (dropout's 1/(1-p)) and sign(W) is +-1, so the product
     over the inputs dropout kept is ``kept - 2 * popcount(kept & (x XOR w))`` in bits: the
-    compiled engine's layer kernel (the one inference uses, with the samples in the role of
-    weights and dropout's zeros as their mask), exact integers scaled once, in a fifth of the
-    float32 matmul's time on AVX2. The gradients are float32 matmuls; the one pass over W that
-    packs its bits also gives sign(W) for the input gradient and tanh'(W) for W's (the values
-    of :func:`_latent_grad`), so the backward takes no pass of its own over W."""
+    compiled engine's layer kernel (the one inference uses, each sample bringing dropout's zeros
+    as its mask: :func:`bitnn.engine.compiled.masked_dot`), exact integers scaled once, in a
+    fifth of the float32 matmul's time on AVX2. The gradients are float32 matmuls; the one pass
+    over W that packs its bits also gives sign(W) for the input gradient and tanh'(W) for W's
+    (the values of :func:`_latent_grad`), so the backward takes no pass of its own over W."""
 
     @staticmethod
     def forward(ctx, x, w, scale):  # type: ignore[override]
         x, w = x.contiguous(), w.contiguous()
         w_bits, dtanh, w_signs = _weight_pass(w, ctx.needs_input_grad[0])
         x_bits, x_mask, kept = _packed_signs(x)
-        n = x.shape[0]
-        out = torch.empty((w.shape[0], n), dtype=torch.int64)  # no fresh pages each step
+        out = torch.empty((x.shape[0], w.shape[0]), dtype=torch.int64)  # no fresh pages each step
         with torch.profiler.record_function("bitnn_engine::masked_dot"):
-            _engine.masked_dot(w_bits, x_bits, x_mask, kept, torch.get_num_threads(), out.numpy())
+            _engine.masked_dot(x_bits, x_mask, kept, w_bits, torch.get_num_threads(), out.numpy())
         ctx.save_for_backward(x, dtanh, w_signs)
-        dot = torch.empty((n, w.shape[0]), dtype=torch.float32)  # exact: |out| < 2**24
-        with torch.profiler.record_function("bitnn_fused::scores_t"):
-            _fused.scores_t(out.data_ptr(), dot.data_ptr(), w.shape[0], n, scale)
-        return dot
+        with torch.profiler.record_function("bitnn_engine::scores_to_float"):
+            return torch.mul(out, scale)  # float32, exact before the scale: |out| < 2**24
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
