@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -6,6 +7,12 @@ from pathlib import Path
 import pytest
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+
+# A test suite started as a background job (`nohup make test &` from a script) inherits SIGINT
+# ignored, and so would the commands the Ctrl-C tests start and interrupt: give it Python's
+# default handler, which the children get back as SIGINT's default when they start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 try:  # training in tests on one thread: bit-reproducible, whatever else runs on the machine
     import torch
