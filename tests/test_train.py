@@ -18,6 +18,7 @@ from bitnn.binarize import (  # noqa: E402
 from bitnn.bits import pack_signs, unpack_bits  # noqa: E402
 from bitnn.errors import InputError, TrainingInterrupted  # noqa: E402
 from bitnn.io import model_to_bytes  # noqa: E402
+from bitnn.train import layers  # noqa: E402
 from bitnn.train.convert import to_bit_network  # noqa: E402
 from bitnn.train.layers import BitLinear, BitMLP, sign_activation, ternarize  # noqa: E402
 from bitnn.train.trainer import (  # noqa: E402
@@ -264,16 +265,24 @@ def test_keep_last_without_validation_evaluates_nothing_and_resumes(tmp_path, mo
     assert _layers_equal(full, resumed)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize(
     "binarizer",
     [
         ThresholdBinarizer(128.0),
         QuantileBinarizer(2, "thermometer"),
+        QuantileBinarizer(3, "thermometer"),
         QuantileBinarizer(3, "gray"),
         LloydMaxBinarizer(2, "binary"),
     ],
 )
-def test_shift_augmenter_equals_binarizing_moved_images(binarizer):
+def test_shift_augmenter_equals_binarizing_moved_images(binarizer, compiled, monkeypatch):
+    """Both ways: bitnn.train._fused's one pass (thermometer codes as comparisons, other codes
+    by their level table) and PyTorch's ops."""
+    if compiled and layers._fused is None:
+        pytest.skip("bitnn.train._fused not built")
+    if not compiled:
+        monkeypatch.setattr(layers, "_fused", None)
     rng = np.random.default_rng(0)
     images = np.where(rng.random((40, 5, 7)) < 0.6, 0, rng.integers(1, 256, (40, 5, 7)))
     X = images.reshape(40, -1).astype(np.float32)
@@ -282,6 +291,7 @@ def test_shift_augmenter_equals_binarizing_moved_images(binarizer):
     # the comparisons-are-the-bits path for thermometer codes, the level table for the rest
     assert augment.thermometer == (getattr(binarizer, "code", "thermometer") == "thermometer")
     shifts = rng.integers(-2, 3, (40, 2))
+    assert augment._compiled(torch.from_numpy(X), torch.from_numpy(shifts)) == compiled
     got = augment(torch.from_numpy(X), torch.from_numpy(shifts)).numpy()
     moved = np.zeros_like(images)
     for i, (dy, dx) in enumerate(shifts):  # moved[r, c] = image[r - dy, c - dx], 0 outside

@@ -30,7 +30,7 @@ from bitnn.interrupts import TrainingStop
 from bitnn.io import atomic_write_bytes, decode_container, encode_container
 from bitnn.network import BitNetwork
 from bitnn.progress import ProgressBar, format_duration, log
-from bitnn.train import distributed
+from bitnn.train import distributed, layers
 from bitnn.train._torch import torch
 from bitnn.train.config import TrainConfig
 from bitnn.train.convert import to_bit_network
@@ -128,11 +128,36 @@ class ImageAugmenter:
         """Raw ``(b, features)`` float32, ``(b, 2)`` (down, right) shifts, each at most
         ``max_shift`` in size, and with elastic distortions ``(b, 2, h, w)`` uniform noise in
         [-1, 1] (rows, columns) -> +1/-1 input bits ``(b, features * k)``."""
+        if noise is None and self._compiled(x, shifts):
+            return self._shift_codes(x, shifts)
         moved = self._shift(x, shifts) if noise is None else self._distort(x, shifts, noise)
         above = moved[:, :, None] >= self.edges  # (b, features, levels - 1)
         if self.thermometer:
             return above.view(torch.int8).reshape(x.shape[0], -1).float().mul_(2).sub_(1)
         return self.codes[above.sum(-1)].reshape(x.shape[0], -1)
+
+    def _compiled(self, x: torch.Tensor, shifts: torch.Tensor) -> bool:
+        """Whether bitnn.train._fused moves and binarizes this batch (CPU tensors)."""
+        return (
+            layers._fused is not None
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and shifts.dtype == torch.int64
+            and self.edges.dtype == torch.float32
+        )
+
+    def _shift_codes(self, x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+        """Shift and binarize in one compiled pass: the same bits as :meth:`_shift` followed by
+        the comparisons (the same float32 comparisons), in a sixth of their time."""
+        (b, n_features), (h, w) = x.shape, self.shape
+        levels, k = self.codes.shape
+        x, shifts = x.contiguous(), shifts.contiguous()
+        out = torch.empty((b, n_features * k), dtype=torch.float32)
+        layers._fused.shift_codes(
+            x.data_ptr(), b, h, w, shifts.data_ptr(), self.edges.data_ptr(), levels - 1,
+            self.codes.data_ptr(), k, self.thermometer, out.data_ptr(),
+        )  # fmt: skip
+        return out
 
     def _shift(self, x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         b, (h, w), s = x.shape[0], self.shape, self.max_shift
