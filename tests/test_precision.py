@@ -289,6 +289,38 @@ def test_compiled_tanh_grad_is_pytorch_s_within_a_few_ulp(n, monkeypatch):
 
 
 @compiled
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000, 16 * 4099 + 5])
+def test_compiled_tanh_is_pytorch_s_within_a_few_ulp(n):
+    """float32-fast's tanh (round 1's compression and activations), in every vector width this
+    CPU runs, and its gradient PyTorch's tanh_backward of its output."""
+    x = _latent(max(n, 8))[:n]
+    if n > 8:
+        x[-1] = float("nan")
+    want = torch.tanh(x)
+    for variant in layers._fused.variants():
+        out = torch.empty(n)
+        layers._fused.tanh(x.data_ptr(), out.data_ptr(), n, variant)
+        torch.testing.assert_close(out, want, rtol=3e-7, atol=1e-30, equal_nan=True)
+        assert torch.equal(torch.signbit(out[:2]), torch.signbit(want[:2]))  # tanh(-0) = -0
+    xg = x.clone().requires_grad_()
+    out = layers.fast_tanh(xg, True)
+    exact = {"rtol": 0, "atol": 0, "equal_nan": True}
+    torch.testing.assert_close(out.detach(), layers._tanh_values(x), **exact)  # the widest
+    g = torch.linspace(-1, 1, n)
+    out.backward(g)
+    torch.testing.assert_close(xg.grad, torch.ops.aten.tanh_backward(g, out.detach()), **exact)
+
+
+def test_fast_tanh_is_torch_s_where_it_does_not_compile(monkeypatch):
+    x = torch.randn(50, dtype=torch.float64)
+    assert torch.equal(layers.fast_tanh(x, True), torch.tanh(x))  # not float32
+    x = x.float()
+    assert torch.equal(layers.fast_tanh(x, False), torch.tanh(x))
+    monkeypatch.setattr(layers, "_fused", None)
+    assert torch.equal(layers.fast_tanh(x, True), torch.tanh(x))
+
+
+@compiled
 def test_compiled_passes_write_on_the_cpu_whatever_the_default_device():
     """A default device elsewhere (a notebook's torch.set_default_device) must not send the
     outputs there: the C loops would write through a pointer that is not host memory."""
@@ -337,17 +369,30 @@ def test_a_round_2_step_with_and_without_the_compiled_passes(monkeypatch):
 
 @pytest.mark.parametrize("round_", [1, 2])
 @pytest.mark.parametrize("sparsity", [0.0, 0.3])
-def test_float32_fast_steps_are_float32_s_up_to_tanh_rounding(round_, sparsity):
+def test_float32_fast_steps_are_float32_s_up_to_tanh_rounding(round_, sparsity, monkeypatch):
     """Without dropout (whose masks it draws differently) float32-fast computes float32's
-    logits bit for bit (the same signs, the same float32 matmuls) and its gradients up to
-    the rounding of the compiled tanh'; with compiled passes absent, float32's exactly."""
+    round-2 logits bit for bit (the same signs, the same float32 matmuls), its round-1 logits
+    and all gradients up to the rounding of the compiled tanh; with compiled passes absent,
+    float32's exactly."""
     x, y = _batch()
+    calls = []
+    tanh_values = layers._tanh_values
+    monkeypatch.setattr(layers, "_tanh_values", lambda t: calls.append(t.shape) or tanh_values(t))
     steps = {}
     for precision in ("float32", "float32-fast"):
         model = _model(round_, precision, sparsity, bias_kind="bias", dropout=(0, 0))
         steps[precision] = _step(model, x, y, 9)
+        if precision == "float32":
+            assert not calls
     (out32, g32), (outf, gf) = steps["float32"], steps["float32-fast"]
-    assert torch.equal(out32, outf)
+    if layers._fused is None:
+        assert torch.equal(out32, outf) and not calls
+    elif round_ == 2:  # the biases' tanh, whose signs are the same
+        assert torch.equal(out32, outf)
+        assert calls == [(64,), (48,), (10,)]
+    else:  # round 1's tanh: libmvec's against PyTorch's
+        torch.testing.assert_close(outf, out32, rtol=1e-5, atol=1e-6)
+        assert len(calls) == 3 * 2 + 2  # the weights and biases of 3 layers, 2 activations
     assert g32.keys() == gf.keys()
     for name in g32:
         torch.testing.assert_close(gf[name], g32[name], rtol=1e-5, atol=1e-7)

@@ -26,8 +26,9 @@ comes from glibc's libmvec, within a few units in the last place of PyTorch's).
 ``precision="float32-fast"`` (for CPUs without fast bfloat16) takes round 2's forward exactly
 by XNOR-popcount in the inference engine's compiled kernel (:class:`_PopcountBitLinear`), its
 gradients from float32 matmuls, and the rest of bfloat16's faster ops: dropout masks from
-:func:`keep_mask`, compiled passes over W. ``float32`` runs PyTorch's own ops throughout, as
-every earlier version did. Evaluation always runs in float32.
+:func:`keep_mask`, compiled passes over W; and its tanh runs compiled too (round 1's weight
+compression and activations, round 2's activation surrogate: :func:`fast_tanh`). ``float32``
+runs PyTorch's own ops throughout, as every earlier version did. Evaluation always runs in float32.
 
 In ``binary`` *eval* mode every layer returns its exact integer score ``dot - threshold``
 (with the folded integer thresholds), which is what the deployed :class:`BitNetwork` computes,
@@ -65,10 +66,42 @@ def _ternary(v: torch.Tensor, t) -> torch.Tensor:
     return out.masked_fill_(v.abs() < t, 0.0) if t else out
 
 
+def _tanh_values(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) of a CPU float32 tensor by one compiled pass (libmvec's tanh, within a few units
+    in the last place of PyTorch's, whose own tanh takes 2.7x as long on one AVX2 thread)."""
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    with torch.profiler.record_function("bitnn_fused::tanh"):
+        _fused.tanh(x.data_ptr(), out.data_ptr(), x.numel())
+    return out
+
+
+class _CompiledTanh(torch.autograd.Function):
+    """tanh forward by :func:`_tanh_values`; backward by PyTorch's tanh_backward from the saved
+    output, as torch.tanh's."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        out = _tanh_values(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, out)
+
+
+def fast_tanh(x: torch.Tensor, compiled: bool) -> torch.Tensor:
+    """torch.tanh(x), or with ``compiled`` (float32-fast's round 1: its weight compression
+    and activations) the compiled pass where ``bitnn.train._fused`` takes x."""
+    return _CompiledTanh.apply(x) if compiled and _fusable(x) else torch.tanh(x)
+
+
 class _SignTanhSurrogate(torch.autograd.Function):
-    """sign(z) forward (sign(0) = +1); tanh'(z) backward. ``fused``: by PyTorch's fused
-    tanh_backward (float32-fast: 2.7x faster, equal up to rounding), else by the separate ops
-    earlier versions used."""
+    """sign(z) forward (sign(0) = +1); tanh'(z) backward. ``fused`` (float32-fast): by one
+    compiled pass (:func:`_latent_grad`) or else PyTorch's fused tanh_backward, equal up to
+    rounding; otherwise by the separate ops earlier versions used."""
 
     @staticmethod
     def forward(ctx, z, fused=False):  # type: ignore[override]
@@ -79,8 +112,8 @@ class _SignTanhSurrogate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (z,) = ctx.saved_tensors
-        if ctx.fused:
-            return torch.ops.aten.tanh_backward(grad, torch.tanh(z)), None
+        if ctx.fused:  # grad * tanh'(z) in one compiled pass where available
+            return _latent_grad(grad.contiguous(), z), None
         return grad * (1 - torch.tanh(z) ** 2), None
 
 
@@ -174,9 +207,10 @@ def _latent_signs_float(w: torch.Tensor, t: float = 0.0) -> torch.Tensor:
 
 
 def _latent_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """float(grad) * tanh'(W) for the bfloat16 or float32 gradient of sign(W): one compiled
-    pass where available (tanh from glibc's libmvec, within a few units in the last place of
-    PyTorch's), else PyTorch's ops."""
+    """float(grad) * tanh'(W) for the bfloat16 or float32 gradient of sign(W) (and, with W the
+    pre-activations, float32-fast's sign activation surrogate): one compiled pass where
+    available (tanh from glibc's libmvec, within a few units in the last place of PyTorch's),
+    else PyTorch's ops."""
     if not _fusable(w):
         return torch.ops.aten.tanh_backward(grad.float(), torch.tanh(w))
     kernels = {torch.bfloat16: _fused.tanh_grad, torch.float32: _fused.tanh_grad_float}
@@ -363,7 +397,9 @@ class BitLinear(nn.Module):
 
     def real(self, p: torch.Tensor) -> torch.Tensor:
         """A parameter's real value in [-1, 1]."""
-        return torch.tanh(p) if bool(self.compressed) else p
+        if not bool(self.compressed):
+            return p
+        return fast_tanh(p, self.precision == "float32-fast" and self.training)
 
     @torch.no_grad()
     def decompress(self) -> None:
@@ -547,7 +583,7 @@ class BitMLP(nn.Module):
                     return z
                 return z * self.log_logit_scale.exp()
             fused = layer.precision == "float32-fast"
-            h = sign_activation(z, fused) if self.binary else torch.tanh(z)
+            h = sign_activation(z, fused) if self.binary else fast_tanh(z, fused and self.training)
             h = self._dropout(self.dropout_hidden, h)
         raise AssertionError("unreachable")
 
