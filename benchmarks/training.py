@@ -28,6 +28,11 @@ cost at most), at each thread count of ``--threads``, and where a bitnn step spe
 dropout, optimizer, data movement, the rest), for each training precision of ``--precision``
 (``float32``, ``bfloat16``: see ``bitnn.train.layers.BitLinear``).
 
+``--floor``: instead, the least a step of each round can cost on this CPU (its float32
+matmuls, round 2's XNOR-popcount product on packed bits and Adam's update, each timed alone)
+and what the MNIST paper preset's 30 + 90 epochs take at that cost, against issue #14's 15
+minutes.
+
 ``--epochs N``: instead, whole epochs of the trainer on MNIST (the paper preset on all 60,000
 training images, shift augmentation, its batch of 100 or ``--batch``), one of each round per
 precision, repeated N times interleaved, against one epoch of the float32 MLP at the same batch
@@ -40,6 +45,7 @@ import argparse
 import contextlib
 import io
 import itertools
+import math
 import time
 from types import SimpleNamespace
 
@@ -338,6 +344,102 @@ def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
     return time.perf_counter() - start
 
 
+def _median_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` calls, after 3 warm-ups."""
+    times = []
+    for i in range(repeats + 3):
+        t = time.perf_counter()
+        fn()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per step of the work no implementation of a step can skip, each part timed
+    alone on random data (medians): round 1's float32 matmuls (forward and backward, the float
+    MLP's), round 2's float32 matmuls (backward only: its forward is the XNOR-popcount
+    product), that product on packed bits (bitnn.engine.compiled.masked_dot, the operands
+    already packed) and Adam's update of every parameter (PyTorch's fused Adam)."""
+    from bitnn.engine import compiled
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [NET.n_in, *hidden, NET.n_out]
+    xs = [torch.randn(batch, a, generator=gen) for a in sizes[:-1]]
+    ws = [torch.randn(b, a, generator=gen) for a, b in itertools.pairwise(sizes)]
+    gs = [torch.randn(batch, b, generator=gen) for b in sizes[1:]]
+
+    def forward():
+        for x, w in zip(xs, ws, strict=True):
+            torch.mm(x, w.t())
+
+    def backward():  # weight gradients; input gradients where the input is not the data
+        for i, (x, w, g) in enumerate(zip(xs, ws, gs, strict=True)):
+            torch.mm(g.t(), x)
+            if i:
+                torch.mm(g, w)
+
+    rng = np.random.default_rng(0)
+    packed = []
+    for x, w, p in zip(xs, ws, (NET.dropout[0],) + (NET.dropout[1],) * len(hidden), strict=True):
+        words = -(-x.shape[1] // 64)
+        x_bits = rng.integers(0, 2**63, (batch, words), dtype=np.uint64)
+        keep = rng.random((batch, x.shape[1])) >= p
+        x_mask = np.packbits(np.pad(keep, ((0, 0), (0, 64 * words - x.shape[1]))), axis=1,
+                             bitorder="little").view(np.uint64)  # fmt: skip
+        w_bits = rng.integers(0, 2**63, (w.shape[0], words), dtype=np.uint64)
+        out = np.empty((batch, w.shape[0]), dtype=np.int64)
+        packed.append((x_bits, x_mask, keep.sum(1).astype(np.int64), w_bits, out))
+
+    def xnor():
+        for x_bits, x_mask, kept, w_bits, out in packed:
+            compiled.masked_dot(x_bits, x_mask, kept, w_bits, torch.get_num_threads(), out)
+
+    model, optimizer = _bit_mlp(hidden, 2, "float32")
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    parts = {
+        "round 1: float32 matmuls (forward and backward)": lambda: (forward(), backward()),
+        "round 2: float32 matmuls (backward)": backward,
+        "round 2: XNOR-popcount forward (packed operands)": xnor,
+        "Adam (fused), all parameters": optimizer.step,
+    }
+    return {name: _median_ms(fn, repeats) for name, fn in parts.items()}
+
+
+def floor_main(threads: list[int], repeats: int) -> None:
+    """The MNIST paper preset's schedule at its least: its steps (30 + 90 epochs of all 60,000
+    images at its batch) times the parts of :func:`floor_parts`, against issue #14's 15
+    minutes; and the float32 MLP's epoch for scale."""
+    from bitnn.train.presets import resolve
+
+    values, _ = resolve("paper", {}, None, "mnist")
+    hidden, batch = tuple(values["hidden"]), values["batch_size"]
+    e1, e2 = values["epochs_round1"], values["epochs_round2"]
+    steps = math.ceil(60000 / batch)
+    print(f"paper preset: {NET.n_in} input bits -> {hidden} -> {NET.n_out}, batch {batch}, "
+          f"{steps} steps an epoch, {e1} + {e2} epochs; median of {repeats} calls of each "
+          "part")  # fmt: skip
+    print()
+    for n in threads:
+        torch.set_num_threads(n)
+        parts = floor_parts(hidden, batch, repeats)
+        r1, r2, xnor, adam = parts.values()
+        print(f"{n} thread(s):")
+        print()
+        print("| part | ms per step |")
+        print("|---|---:|")
+        for name, ms in parts.items():
+            print(f"| {name} | {ms:.2f} |")
+        least = steps * (e1 * (r1 + adam) + e2 * (r2 + xnor + adam)) / 1e3
+        print()
+        print(f"the schedule's steps take at least {least:.0f} s of these parts alone "
+              f"(round 1 {steps * e1 * (r1 + adam) / 1e3:.0f} s, round 2 "
+              f"{steps * e2 * (r2 + xnor + adam) / 1e3:.0f} s); issue #14's bound: "
+              "900 s")  # fmt: skip
+        print()
+
+
 def _spin() -> None:  # a CPU-bound neighbour on one core (a test run, a compiler)
     while True:
         pass
@@ -433,6 +535,11 @@ def main() -> None:
         "float32 MLP's epoch",
     )  # fmt: skip
     p.add_argument(
+        "--floor", action="store_true",
+        help="instead, the least a step can cost (its matmuls, XNOR-popcount product and Adam, "
+        "each alone) and the MNIST paper preset's schedule at that cost",
+    )  # fmt: skip
+    p.add_argument(
         "--contention",
         choices=sorted(NEIGHBOURS),
         help="quiet vs beside a busy process: a 1-core spin loop or another training",
@@ -454,6 +561,10 @@ def main() -> None:
         return
     threads = [int(t) for t in args.threads.split(",")]
     precisions = args.precision.split(",")
+    if args.floor:
+        print(f"{machine()}, PyTorch {torch.__version__}")
+        floor_main(threads, args.steps)
+        return
     if args.epochs:
         print(f"{machine()}, PyTorch {torch.__version__}")
         epochs_main(threads, precisions, args.epochs, epoch_batch)
