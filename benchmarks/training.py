@@ -150,18 +150,27 @@ def step_times(hidden, batch, steps, round_, before: bool, precision="float32") 
         return median_step(model, optimizer, x, y, steps)
 
 
+def _median_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` calls, after 3 warm-ups."""
+    times = []
+    for i in range(repeats + 3):
+        t = time.perf_counter()
+        fn()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
 def median_step(model, optimizer, x, y, steps) -> float:
     """Median seconds of a training step (forward, backward, optimizer), after 3 warm-ups."""
-    times = []
-    for i in range(steps + 3):
-        t = time.perf_counter()
+
+    def step():
         loss = _loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+
+    return _median_ms(step, steps) / 1e3
 
 
 def _float_mlp(n_in: int, hidden, n_out: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -344,17 +353,6 @@ def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
     return time.perf_counter() - start
 
 
-def _median_ms(fn, repeats: int) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` calls, after 3 warm-ups."""
-    times = []
-    for i in range(repeats + 3):
-        t = time.perf_counter()
-        fn()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
-
-
 def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
     """Milliseconds per step of the work no implementation of a step can skip, each part timed
     alone on random data (medians): round 1's float32 matmuls (forward and backward, the float
@@ -410,7 +408,7 @@ def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
 def floor_main(threads: list[int], repeats: int) -> None:
     """The MNIST paper preset's schedule at its least: its steps (30 + 90 epochs of all 60,000
     images at its batch) times the parts of :func:`floor_parts`, against issue #14's 15
-    minutes; and the float32 MLP's epoch for scale."""
+    minutes."""
     from bitnn.train.presets import resolve
 
     values, _ = resolve("paper", {}, None, "mnist")

@@ -9,8 +9,8 @@
  *   signs_float(W, t) -> the same signs as float32 (float32-fast: float32 matmuls), but NaN
  *                        +1 as in float32's PyTorch ops (it is -1 in the int8 path's).
  *   tanh(X)           -> tanh(X): round 1's weight compression and activations at float32-fast
- *                        (PyTorch's tanh takes 2.7x as long on one AVX2 thread, and more on
- *                        two threads than this on one).
+ *                        (on a 1024 x 1568 matrix on an AVX2 CPU: 1.5 ms on one thread, where
+ *                        PyTorch's tanh took 5.4 ms on one thread and 2.6 ms on two).
  *   tanh_grad(G, W)   -> float(G) * (1 - tanh(W)^2): the gradient of sign(tanh(W)) taken
  *                        straight through tanh, from G = dL/dsign in bfloat16;
  *                        tanh_grad_float takes G in float32.
