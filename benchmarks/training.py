@@ -50,13 +50,14 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from mnist import machine  # benchmarks/mnist.py, beside this script
 
 from bitnn.train import layers
+from bitnn.train._torch import torch  # loaded by bitnn, with its OpenMP spin setting
 from bitnn.train.layers import BitLinear, BitMLP
 from bitnn.train.trainer import TrainConfig, Trainer
+
+F = torch.nn.functional
 
 # The networks whose steps are timed (--network): inputs, outputs, biases and dropout of the
 # MNIST paper preset and of the speech denoiser's best preset (3-bit codes of 3 x 257 values).
@@ -356,9 +357,11 @@ def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
 def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
     """Milliseconds per step of the work no implementation of a step can skip, each part timed
     alone on random data (medians): round 1's float32 matmuls (forward and backward, the float
-    MLP's), round 2's float32 matmuls (backward only: its forward is the XNOR-popcount
-    product), that product on packed bits (bitnn.engine.compiled.masked_dot, the operands
-    already packed) and Adam's update of every parameter (PyTorch's fused Adam)."""
+    MLP's), round 2's backward (its forward is the XNOR-popcount product) as float32 matmuls
+    and as the trainer's table products (bitnn.engine.compiled.sign_matmul, with the bit planes
+    of the -1/0/+1 inputs and of sign(W) made each step), the XNOR-popcount product on packed
+    bits (compiled.masked_dot, the operands already packed) and Adam's update of every
+    parameter (PyTorch's fused Adam). The schedule counts the table products."""
     from bitnn.engine import compiled
 
     gen = torch.Generator().manual_seed(0)
@@ -393,12 +396,28 @@ def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
         for x_bits, x_mask, kept, w_bits, out in packed:
             compiled.masked_dot(x_bits, x_mask, kept, w_bits, torch.get_num_threads(), out)
 
+    ternary = []  # dropout's -1/0/+1 inputs, as round 2's backward sees them
+    for x, p in zip(xs, (NET.dropout[0],) + (NET.dropout[1],) * len(hidden), strict=True):
+        ternary.append(torch.sign(x).mul_(torch.rand(x.shape, generator=gen) >= p).numpy())
+    grads = [np.empty(w.shape, np.float32) for w in ws]
+    inputs = [np.empty(x.shape, np.float32) for x in xs]
+
+    def tables():  # as bitnn.train.layers._PopcountBitLinear: planes, then the products
+        n = torch.get_num_threads()
+        for i, (x, w, g) in enumerate(zip(ternary, ws, gs, strict=True)):
+            gn = g.numpy()
+            compiled.sign_matmul(gn, compiled.sign_planes(x, True, n), grads[i], True, threads=n)
+            if i:
+                planes = compiled.sign_planes(w.numpy(), False, n)
+                compiled.sign_matmul(gn, planes, inputs[i], threads=n)
+
     model, optimizer = _bit_mlp(hidden, 2, "float32")
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=gen) * 1e-3
     parts = {
         "round 1: float32 matmuls (forward and backward)": lambda: (forward(), backward()),
         "round 2: float32 matmuls (backward)": backward,
+        "round 2: table products (backward, the trainer's)": tables,
         "round 2: XNOR-popcount forward (packed operands)": xnor,
         "Adam (fused), all parameters": optimizer.step,
     }
@@ -422,7 +441,7 @@ def floor_main(threads: list[int], repeats: int) -> None:
     for n in threads:
         torch.set_num_threads(n)
         parts = floor_parts(hidden, batch, repeats)
-        r1, r2, xnor, adam = parts.values()
+        r1, _, r2, xnor, adam = parts.values()
         print(f"{n} thread(s):")
         print()
         print("| part | ms per step |")

@@ -426,3 +426,103 @@ def test_threads_work_in_a_forked_child():
     assert not hung, "the forked child hung (killed after 60 s)"
     assert child.exitcode == 0, f"the forked child crashed (exit code {child.exitcode})"
     assert queue.get(timeout=5) is True
+
+
+SIGN_MATMUL_VARIANTS = [v for v in ("portable", "avx2") if v in VARIANTS]
+
+
+def _planes_want(s):
+    """sign_planes by numpy: bit r of byte (c, n) for s[8c + r, n]."""
+    pack = lambda b: np.packbits(b, axis=0, bitorder="little")  # noqa: E731
+    return pack(s > 0), pack(s < 0), pack(~(s < 0))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (8, 5), (9, 70), (400, 1568)])
+def test_sign_planes_pack_each_column_s_signs_in_groups_of_8(shape):
+    """-1/0/+1: p where s > 0, q where s < 0 (0, -0 and NaN in neither); +-1: p where s is not
+    negative (-0 and NaN +1, as training's sign(W))."""
+    rng = np.random.default_rng(shape[0])
+    s = rng.standard_normal(shape).astype(np.float32) * (rng.random(shape) < 0.8)
+    s.flat[:6] = [0.0, -0.0, np.nan, np.inf, -np.inf, -1e-30][: s.size]
+    pos, neg, not_neg = _planes_want(s)
+    p, q = compiled.sign_planes(s, True, 2)
+    np.testing.assert_array_equal(p, pos)
+    np.testing.assert_array_equal(q, neg)
+    p, q = compiled.sign_planes(s, False, 2)
+    np.testing.assert_array_equal(p, not_neg)
+    assert q is None
+
+
+def _sign_matrix(rng, k, n, ternary):
+    s = rng.choice([-1.0, 1.0], (k, n)).astype(np.float32)
+    return s * (rng.random((k, n)) < 0.8) if ternary else s
+
+
+@pytest.mark.parametrize("variant", SIGN_MATMUL_VARIANTS)
+@pytest.mark.parametrize("ternary", [False, True])
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 1, 1), (7, 9, 3), (13, 21, 11), (40, 400, 77)])
+def test_sign_matmul_is_exact_on_integers(variant, ternary, transpose_a, m, k, n):
+    """With small integers in A every partial sum is exact, so the table-lookup product must be
+    A @ S exactly, in every tail of M (8 rows a vector), K (8 a table) and N (8 columns a
+    group), for +-1 and -1/0/+1 S, A read directly or transposed, times alpha and mul."""
+    rng = np.random.default_rng(m * k * n)
+    a = rng.integers(-8, 9, (m, k)).astype(np.float32)
+    s = _sign_matrix(rng, k, n, ternary)
+    mul = rng.integers(-3, 4, (m, n)).astype(np.float32)
+    buf = np.ascontiguousarray(a.T) if transpose_a else a
+    planes = compiled.sign_planes(s, ternary, 2)
+    out = np.full((m, n), np.nan, np.float32)
+    compiled.sign_matmul(buf, planes, out, transpose_a, 0.5, mul, threads=2, variant=variant)
+    np.testing.assert_array_equal(out, 0.5 * (a @ s) * mul)
+
+
+@pytest.mark.parametrize("ternary", [False, True])
+def test_sign_matmul_variants_and_threads_give_the_same_bits(ternary):
+    """Real-valued A: the portable and AVX2 variants add the same values in the same order, and
+    each block of 8 rows is one thread's, so every variant and thread count gives the same
+    bits, within float32 rounding of the float64 product. The padding bits of K's last byte
+    are ignored whatever they hold."""
+    rng = np.random.default_rng(5)
+    m, k, n = 50, 203, 130
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    s = _sign_matrix(rng, k, n, ternary)
+    p, q = compiled.sign_planes(s, ternary, 2)
+    p[-1] |= np.uint8(0xF8)  # K = 203: the last byte's bits 3-7 are padding
+    if q is not None:
+        q[-1] |= np.uint8(0xF8)
+    outs = []
+    for variant in SIGN_MATMUL_VARIANTS:
+        for threads in (1, 2):
+            out = np.empty((m, n), np.float32)
+            outs.append(compiled.sign_matmul(a, (p, q), out, threads=threads, variant=variant))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    want = a.astype(np.float64) @ s
+    bound = 1e-6 * (np.abs(a).astype(np.float64) @ np.abs(s)) + 1e-30
+    assert (np.abs(outs[0] - want) <= bound).all()
+
+
+def test_sign_matmul_refuses_short_buffers_and_the_avx512_variant():
+    """The entry point re-checks sizes: planes, A or the output too small raise, never read or
+    write out of bounds; the avx512 variant has no table product."""
+    smm = compiled._kernels.sign_matmul
+    a, out = np.zeros((8, 16), np.float32), np.zeros((4, 5), np.float32)
+    p = np.zeros((2, 5), np.uint8)
+    smm(0, a, 16, 1, 4, 16, 5, p, None, 1.0, None, out, 1)  # the right sizes pass
+    with pytest.raises(ValueError, match="p buffer"):
+        smm(0, np.zeros((4, 17), np.float32), 17, 1, 4, 17, 5, p, None, 1.0, None, out, 1)
+    with pytest.raises(ValueError, match="a buffer"):
+        smm(0, a, 43, 1, 4, 16, 5, p, None, 1.0, None, out, 1)  # rows 43 apart: past a's end
+    with pytest.raises(ValueError, match="output buffer"):
+        smm(0, a, 16, 1, 5, 16, 5, p, None, 1.0, None, out, 1)
+    with pytest.raises(ValueError, match="mul buffer"):
+        smm(0, a, 16, 1, 4, 16, 5, p, None, 1.0, out[:3], out, 1)
+    with pytest.raises(ValueError, match="dimensions"):
+        smm(0, a, 16, 1, 4, 0, 5, p, None, 1.0, None, out, 1)
+    with pytest.raises(ValueError, match="variant"):
+        smm(2, a, 16, 1, 4, 16, 5, p, None, 1.0, None, out, 1)
+    with pytest.raises(ValueError, match="s buffer"):
+        compiled._kernels.sign_planes(a, 17, 16, p, None, 1)  # 17 rows: a holds 8
+    with pytest.raises(ValueError, match="p buffer"):
+        compiled._kernels.sign_planes(a, 8, 16, p, None, 1)  # 1 x 16 bytes: p holds 10

@@ -141,26 +141,22 @@ def test_packed_signs_are_numpy_s_bits(cols):
 
 @compiled
 @pytest.mark.parametrize("cols", [1, 63, 64, 65, 1568])
-def test_the_weight_pass_gives_bits_signs_and_tanh_prime_as_the_separate_passes(cols):
-    """float32-fast's one pass over W: pack_signs's bits, sign(W) as float32 (bit for bit
-    _latent_signs_float's) and 1 - tanh(W)^2 (tanh_grad_float's values for a gradient of
-    ones), in every variant; without signs wanted, none."""
+def test_the_weight_pass_gives_bits_and_tanh_prime_as_the_separate_passes(cols):
+    """float32-fast's one pass over W: pack_signs's bits and 1 - tanh(W)^2 (tanh_grad_float's
+    values for a gradient of ones), in every variant."""
     w = _latent(7 * cols + 8)[8 : 8 + 7 * cols].reshape(7, cols).clone()
     w.view(-1)[: min(8, w.numel())] = _latent(8)[: min(8, w.numel())]
     bits_ref, _, _ = layers._packed_signs(w)
-    signs_ref = layers._latent_signs_float(w)
     dtanh_ref = layers._latent_grad(torch.ones_like(w), w)
     for variant in layers._fused.variants():
         bits = np.empty_like(bits_ref)
-        dtanh, signs = torch.empty_like(w), torch.empty_like(w)
+        dtanh = torch.empty_like(w)
         layers._fused.weight_pass(
-            w.data_ptr(), 7, cols, bits.ctypes.data, dtanh.data_ptr(), signs.data_ptr(), variant
+            w.data_ptr(), 7, cols, bits.ctypes.data, dtanh.data_ptr(), variant
         )
         np.testing.assert_array_equal(bits, bits_ref)
-        assert torch.equal(signs.view(torch.int32), signs_ref.view(torch.int32))
         torch.testing.assert_close(dtanh, dtanh_ref, rtol=1e-5, atol=1e-6)
-    bits, dtanh, signs = layers._weight_pass(w, False)
-    assert signs is None
+    bits, dtanh = layers._weight_pass(w)
     np.testing.assert_array_equal(bits, bits_ref)
     assert torch.equal(dtanh, dtanh_ref)  # the widest variant, as tanh_grad_float's
 
@@ -375,9 +371,17 @@ def test_float32_fast_steps_are_float32_s_up_to_tanh_rounding(round_, sparsity, 
     and all gradients up to the rounding of the compiled tanh; with compiled passes absent,
     float32's exactly."""
     x, y = _batch()
-    calls = []
+    calls, products = [], []
     tanh_values = layers._tanh_values
     monkeypatch.setattr(layers, "_tanh_values", lambda t: calls.append(t.shape) or tanh_values(t))
+    sign_matmul = layers._engine.sign_matmul
+    monkeypatch.setattr(
+        layers._engine,
+        "sign_matmul",
+        lambda a, planes, out, *args, **kw: (
+            products.append(out.shape) or sign_matmul(a, planes, out, *args, **kw)
+        ),
+    )
     steps = {}
     for precision in ("float32", "float32-fast"):
         model = _model(round_, precision, sparsity, bias_kind="bias", dropout=(0, 0))
@@ -390,6 +394,8 @@ def test_float32_fast_steps_are_float32_s_up_to_tanh_rounding(round_, sparsity, 
     elif round_ == 2:  # the biases' tanh, whose signs are the same
         assert torch.equal(out32, outf)
         assert calls == [(64,), (48,), (10,)]
+        if sparsity == 0:  # table products: W's gradient in every layer, x's in layers 2, 3
+            assert sorted(products) == [(10, 48), (40, 48), (40, 64), (48, 64), (64, 96)]
     else:  # round 1's tanh: libmvec's against PyTorch's
         torch.testing.assert_close(outf, out32, rtol=1e-5, atol=1e-6)
         assert len(calls) == 3 * 2 + 2  # the weights and biases of 3 layers, 2 activations
@@ -585,3 +591,27 @@ def test_precision_is_checked_and_old_configs_read_as_float32():
     assert TrainConfig.from_json(old).precision == "float32"
     with pytest.raises(InputError, match="precision must be float32, float32-fast or bfloat16"):
         BitMLP(4, (4,), 2).set_precision("int8")
+
+
+@pytest.mark.parametrize(
+    ("env", "torch_first", "want"),
+    [({}, False, "10000"), ({"OMP_WAIT_POLICY": "passive"}, False, None),
+     ({"GOMP_SPINCOUNT": "5"}, False, "5"), ({}, True, None)],
+)  # fmt: skip
+def test_bitnn_shortens_openmp_s_spin_unless_told_or_too_late(env, torch_first, want):
+    """Loading PyTorch through bitnn sets GOMP_SPINCOUNT=10000 (the table products' second
+    thread otherwise finds PyTorch's idle workers spinning on its core), unless the user set a
+    wait policy or spin count, or PyTorch was loaded first (libgomp has read its settings)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; " if torch_first else "") + (
+        "import os, bitnn.train._torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    r = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(want)

@@ -153,6 +153,47 @@ def masked_dot(
     return out
 
 
+def sign_planes(s: np.ndarray, ternary: bool, threads: int) -> tuple:
+    """The signs of float32 ``s`` (K x N, C-contiguous) as :func:`sign_matmul`'s bit planes:
+    ``(p, q)``, uint8 arrays of ceil(K/8) x N bytes, bit r of byte (c, n) standing for
+    ``s[8c + r, n]``. ``ternary``: p where s > 0, q where s < 0 (-1/0/+1 values); else p
+    where s is not negative (-0 and NaN count as +1, as training's sign(W)) and q is None."""
+    k, n = s.shape
+    p = np.empty((-(-k // 8), n), dtype=np.uint8)
+    q = np.empty_like(p) if ternary else None
+    _kernels.sign_planes(s, k, n, p, q, threads)
+    return p, q
+
+
+def sign_matmul(
+    a: np.ndarray,
+    planes: tuple,
+    out: np.ndarray,
+    transpose_a: bool = False,
+    alpha: float = 1.0,
+    mul: np.ndarray | None = None,
+    threads: int = 0,
+    variant: str | None = None,
+) -> np.ndarray:
+    """``out = alpha * A @ S``, times ``mul`` elementwise if given (float32, out's shape).
+    A is float32 ``a`` (C-contiguous) or, with ``transpose_a``, ``a.T``; S is +-1 or -1/0/+1,
+    given as :func:`sign_planes` made it. Training's round-2 gradients at float32-fast
+    (``bitnn.train.layers``): a table-lookup product, 1.6-2.5x float32 sgemm's speed on AVX2
+    (``_kernels.c``), equal to a matmul up to the order in which float sums round.
+    ``variant``: ``"avx2"`` where the CPU runs it (also on AVX-512 CPUs), else ``"portable"``;
+    both give the same bits."""
+    rows, cols = a.shape
+    m, k = (cols, rows) if transpose_a else (rows, cols)
+    sam, sak = (1, cols) if transpose_a else (cols, 1)
+    p, q = planes
+    if variant is None:
+        variant = "avx2" if "avx2" in available_variants() else "portable"
+    _kernels.sign_matmul(
+        VARIANTS.index(variant), a, sam, sak, m, k, p.shape[1], p, q, alpha, mul, out, threads
+    )
+    return out
+
+
 class CompiledEngine:
     """An engine bound to one kernel variant; same interface as ``reference``."""
 

@@ -20,9 +20,9 @@
  *                        LSB first in 64-bit words; also a mask of X != 0 (the inputs
  *                        dropout kept) and each row's count of those.
  *   weight_pass(W)    -> for float32-fast's popcount forward, in one pass over the latent W
- *                        (rows x cols): its sign bits as pack_signs packs them, 1 - tanh(W)^2
- *                        (the backward multiplies the weight gradient by it: tanh_grad's
- *                        values) and optionally sign(W) as float32 (for the input gradient).
+ *                        (rows x cols): its sign bits as pack_signs packs them and
+ *                        1 - tanh(W)^2 (the backward multiplies the weight gradient by it:
+ *                        tanh_grad's values).
  *   shift_codes(X)    -> a batch of images moved by whole pixels (0 where they come from
  *                        outside) and binarized at once: each pixel's code is the row of a
  *                        +1/-1 table picked by how many of its edges the value reaches (the
@@ -247,41 +247,38 @@ __attribute__((target("avx2,popcnt"))) static void pack_avx2(const float *src, i
 
 /* One variant per vector width. Each 64-weight word goes through BODY from src (the weights,
  * or a zero-padded copy of a row's last partial word), which sets LANES sign bits in b at c
- * (!(w < 0)), LANES values 1 - tanh(w)^2 at dst + c and, when sg is set, LANES signs at sg + c;
- * the padding's bits are cleared and only the row's own values copied out. */
+ * (!(w < 0)) and LANES values 1 - tanh(w)^2 at dst + c; the padding's bits are cleared and only
+ * the row's own values copied out. */
 #define WEIGHT_PASS_LOOP(LANES, BODY)                                                         \
     int64_t words = (cols + 63) / 64;                                                          \
     for (int64_t r = 0; r < rows; r++) {                                                       \
         for (int64_t k = 0; k < words; k++) {                                                  \
             int64_t j0 = 64 * k, n = cols - j0 < 64 ? cols - j0 : 64;                          \
-            float wbuf[64], dbuf[64], sbuf[64];                                                \
+            float wbuf[64], dbuf[64];                                                          \
             const float *src = w + r * cols + j0;                                              \
             float *dst = dtanh + r * cols + j0;                                                \
-            float *sg = signs ? signs + r * cols + j0 : NULL;                                  \
             if (n < 64) {                                                                      \
                 memset(wbuf, 0, sizeof wbuf);                                                  \
                 memcpy(wbuf, src, (size_t)n * sizeof *w);                                      \
                 src = wbuf;                                                                    \
                 dst = dbuf;                                                                    \
-                sg = signs ? sbuf : NULL;                                                      \
             }                                                                                  \
             uint64_t b = 0;                                                                    \
             for (int c = 0; c < 64; c += LANES) BODY                                           \
             if (n < 64) {                                                                      \
                 b &= (1ULL << n) - 1;                                                          \
                 memcpy(dtanh + r * cols + j0, dbuf, (size_t)n * sizeof *w);                    \
-                if (signs) memcpy(signs + r * cols + j0, sbuf, (size_t)n * sizeof *w);         \
             }                                                                                  \
             bits[r * words + k] = b;                                                           \
         }                                                                                      \
     }
 
 typedef void (*weight_pass_fn)(const float *w, int64_t rows, int64_t cols, uint64_t *bits,
-                               float *dtanh, float *signs);
+                               float *dtanh);
 
 __attribute__((target("avx512f"))) static void weight_pass_avx512(const float *w, int64_t rows,
                                                                    int64_t cols, uint64_t *bits,
-                                                                   float *dtanh, float *signs) {
+                                                                   float *dtanh) {
     const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
     WEIGHT_PASS_LOOP(16, {
         __m512 v = _mm512_loadu_ps(src + c);
@@ -289,13 +286,12 @@ __attribute__((target("avx512f"))) static void weight_pass_avx512(const float *w
         __mmask16 pos = _mm512_cmp_ps_mask(v, zero, _CMP_NLT_UQ);
         _mm512_storeu_ps(dst + c, _mm512_sub_ps(one, _mm512_mul_ps(t, t)));
         b |= (uint64_t)pos << c;
-        if (sg) _mm512_storeu_ps(sg + c, _mm512_mask_blend_ps(pos, _mm512_set1_ps(-1.0f), one));
     })
 }
 
 __attribute__((target("avx2"))) static void weight_pass_avx2(const float *w, int64_t rows,
                                                               int64_t cols, uint64_t *bits,
-                                                              float *dtanh, float *signs) {
+                                                              float *dtanh) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     WEIGHT_PASS_LOOP(8, {
         __m256 v = _mm256_loadu_ps(src + c);
@@ -303,12 +299,11 @@ __attribute__((target("avx2"))) static void weight_pass_avx2(const float *w, int
         __m256 pos = _mm256_cmp_ps(v, zero, _CMP_NLT_UQ);
         _mm256_storeu_ps(dst + c, _mm256_sub_ps(one, _mm256_mul_ps(t, t)));
         b |= (uint64_t)_mm256_movemask_ps(pos) << c;
-        if (sg) _mm256_storeu_ps(sg + c, _mm256_blendv_ps(_mm256_set1_ps(-1.0f), one, pos));
     })
 }
 
 static void weight_pass_sse(const float *w, int64_t rows, int64_t cols, uint64_t *bits,
-                            float *dtanh, float *signs) {
+                            float *dtanh) {
     const __m128 one = _mm_set1_ps(1.0f), zero = _mm_setzero_ps();
     WEIGHT_PASS_LOOP(4, {
         __m128 v = _mm_loadu_ps(src + c);
@@ -316,9 +311,6 @@ static void weight_pass_sse(const float *w, int64_t rows, int64_t cols, uint64_t
         __m128 pos = _mm_cmpnlt_ps(v, zero);
         _mm_storeu_ps(dst + c, _mm_sub_ps(one, _mm_mul_ps(t, t)));
         b |= (uint64_t)_mm_movemask_ps(pos) << c;
-        if (sg)
-            _mm_storeu_ps(sg + c, _mm_or_ps(_mm_and_ps(pos, one),
-                                            _mm_andnot_ps(pos, _mm_set1_ps(-1.0f))));
     })
 }
 
@@ -431,21 +423,23 @@ static PyObject *py_signs_float(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The arguments of pack_signs and weight_pass: (src, rows, cols, out1, out2, out3[, variant]),
- * addresses and sizes; the variant's index, or -1 with the Python error set. */
+/* The arguments of pack_signs and weight_pass: (src, rows, cols, out1, out2[, out3][, variant]),
+ * addresses and sizes (out3 for pack_signs only); the variant's index, or -1 with the Python
+ * error set. */
 static int parse_rows_call(PyObject *args, const char *what, unsigned long long addr[4],
                            long long *rows, long long *cols) {
     const char *name = NULL;
-    if (!PyArg_ParseTuple(args, "KLLKKK|s", &addr[0], rows, cols, &addr[1], &addr[2], &addr[3],
-                          &name))
-        return -1;
-    return pick_variant(name, what);
+    int ok = addr[3] ? PyArg_ParseTuple(args, "KLLKKK|s", &addr[0], rows, cols, &addr[1],
+                                        &addr[2], &addr[3], &name)
+                     : PyArg_ParseTuple(args, "KLLKK|s", &addr[0], rows, cols, &addr[1],
+                                        &addr[2], &name);
+    return ok ? pick_variant(name, what) : -1;
 }
 
 /* pack_signs(src, rows, cols, bits, mask, counts[, variant]): addresses of float32
  * rows x cols, uint64 rows x ceil(cols / 64) (twice) and int64 rows. */
 static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
-    unsigned long long a[4];
+    unsigned long long a[4] = {0, 0, 0, 1}; /* a[3] set: three outputs */
     long long rows, cols;
     int v = parse_rows_call(args, "pack_signs", a, &rows, &cols);
     if (v < 0) return NULL;
@@ -456,16 +450,15 @@ static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* weight_pass(w, rows, cols, bits, dtanh, signs_or_0[, variant]): addresses of float32 rows x
- * cols, uint64 rows x ceil(cols / 64), float32 rows x cols (twice). */
+/* weight_pass(w, rows, cols, bits, dtanh[, variant]): addresses of float32 rows x cols, uint64
+ * rows x ceil(cols / 64) and float32 rows x cols. */
 static PyObject *py_weight_pass(PyObject *self, PyObject *args) {
-    unsigned long long a[4];
+    unsigned long long a[4] = {0}; /* a[3] clear: two outputs */
     long long rows, cols;
     int v = parse_rows_call(args, "weight_pass", a, &rows, &cols);
     if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].weight_pass((const float *)a[0], rows, cols, (uint64_t *)a[1], (float *)a[2],
-                            (float *)a[3]);
+    VARIANTS[v].weight_pass((const float *)a[0], rows, cols, (uint64_t *)a[1], (float *)a[2]);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -560,8 +553,7 @@ static PyMethodDef methods[] = {
      "Sign bits, nonzero bits and their counts of float32 rows (addresses, "
      "sizes[, variant])."},
     {"weight_pass", py_weight_pass, METH_VARARGS,
-     "Sign bits, 1 - tanh(W)^2 and optionally float32 signs of W's rows (addresses, sizes"
-     "[, variant])."},
+     "Sign bits and 1 - tanh(W)^2 of W's rows (addresses, sizes[, variant])."},
     {"shift_codes", py_shift_codes, METH_VARARGS,
      "Images moved by whole pixels and binarized: +1/-1 codes by edge count (addresses, "
      "sizes)."},

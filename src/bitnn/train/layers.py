@@ -25,7 +25,9 @@ gradient) run compiled where ``bitnn.train._fused`` is built (x86-64 with glibc;
 comes from glibc's libmvec, within a few units in the last place of PyTorch's).
 ``precision="float32-fast"`` (for CPUs without fast bfloat16) takes round 2's forward exactly
 by XNOR-popcount in the inference engine's compiled kernel (:class:`_PopcountBitLinear`), its
-gradients from float32 matmuls, and the rest of bfloat16's faster ops: dropout masks from
+gradients by the engine's table-lookup product of the float32 gradient with the bits of sign(W)
+and of the -1/0/+1 inputs (float32 sums, rounded in another order than a matmul's), and the
+rest of bfloat16's faster ops: dropout masks from
 :func:`keep_mask`, compiled passes over W; and its tanh runs compiled too (round 1's weight
 compression and activations, round 2's activation surrogate: :func:`fast_tanh`). ``float32``
 runs PyTorch's own ops throughout, as every earlier version did. Evaluation always runs in float32.
@@ -278,19 +280,15 @@ def _packed_signs(x: torch.Tensor) -> tuple:
     return bits, mask, counts
 
 
-def _weight_pass(w: torch.Tensor, with_signs: bool) -> tuple:
-    """The latent W's rows as uint64 sign words (numpy), 1 - tanh(W)^2 and, with
-    ``with_signs``, sign(W) as float32 (tensors, else None): one compiled pass over W."""
+def _weight_pass(w: torch.Tensor) -> tuple:
+    """The latent W's rows as uint64 sign words (numpy) and 1 - tanh(W)^2 (a tensor): one
+    compiled pass over W."""
     rows, cols = w.shape
     bits = torch.empty((rows, -(-cols // 64)), dtype=torch.int64).numpy().view(np.uint64)
     dtanh = torch.empty(w.shape, dtype=torch.float32)
-    signs = torch.empty(w.shape, dtype=torch.float32) if with_signs else None
     with torch.profiler.record_function("bitnn_fused::weight_pass"):
-        _fused.weight_pass(
-            w.data_ptr(), rows, cols, bits.ctypes.data, dtanh.data_ptr(),
-            0 if signs is None else signs.data_ptr(),
-        )  # fmt: skip
-    return bits, dtanh, signs
+        _fused.weight_pass(w.data_ptr(), rows, cols, bits.ctypes.data, dtanh.data_ptr())
+    return bits, dtanh
 
 
 def _popcount_ready(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -310,27 +308,50 @@ class _PopcountBitLinear(torch.autograd.Function):
     over the inputs dropout kept is ``kept - 2 * popcount(kept & (x XOR w))`` in bits: the
     compiled engine's layer kernel (the one inference uses, each sample bringing dropout's zeros
     as its mask: :func:`bitnn.engine.compiled.masked_dot`), exact integers scaled once, in a
-    fifth of the float32 matmul's time on AVX2. The gradients are float32 matmuls; the one pass
-    over W that packs its bits also gives sign(W) for the input gradient and tanh'(W) for W's
-    (the values of :func:`_latent_grad`), so the backward takes no pass of its own over W."""
+    fifth of the float32 matmul's time on AVX2. The gradients multiply the real-valued output
+    gradient by sign(W) and by x's -1/0/+1: the engine's table-lookup product
+    (:func:`bitnn.engine.compiled.sign_matmul`, 1.6-2.5x float32 sgemm's speed on AVX2, equal
+    to it up to rounding order) from their signs as bit planes; W's gradient comes out
+    multiplied by tanh'(W), which the one pass over W that packs its bits gives (the values of
+    :func:`_latent_grad`), so the backward takes no pass of its own over W."""
 
     @staticmethod
     def forward(ctx, x, w, scale):  # type: ignore[override]
         x, w = x.contiguous(), w.contiguous()
-        w_bits, dtanh, w_signs = _weight_pass(w, ctx.needs_input_grad[0])
+        threads = torch.get_num_threads()
+        w_bits, dtanh = _weight_pass(w)
         x_bits, x_mask, kept = _packed_signs(x)
         out = torch.empty((x.shape[0], w.shape[0]), dtype=torch.int64)  # no fresh pages each step
         with torch.profiler.record_function("bitnn_engine::masked_dot"):
-            _engine.masked_dot(x_bits, x_mask, kept, w_bits, torch.get_num_threads(), out.numpy())
-        ctx.save_for_backward(x, dtanh, w_signs)
+            _engine.masked_dot(x_bits, x_mask, kept, w_bits, threads, out.numpy())
+        ctx.save_for_backward(x, dtanh)
+        ctx.scale = scale
+        ctx.dense = bool(len(kept) and kept.min() == x.shape[1])  # no zeros: +-1, one plane
+        ctx.w_planes = None  # none for input bits
+        if ctx.needs_input_grad[0]:
+            with torch.profiler.record_function("bitnn_engine::sign_planes"):
+                ctx.w_planes = _engine.sign_planes(w.detach().numpy(), False, threads)
         with torch.profiler.record_function("bitnn_engine::scores_to_float"):
             return torch.mul(out, scale)  # float32, exact before the scale: |out| < 2**24
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, dtanh, w_signs = ctx.saved_tensors
-        grad_x = None if w_signs is None else torch.mm(grad, w_signs)  # none for input bits
-        return grad_x, torch.mm(grad.t(), x).mul_(dtanh), None
+        x, dtanh = ctx.saved_tensors
+        threads = torch.get_num_threads()
+        g = grad.float().contiguous().numpy()
+        with torch.profiler.record_function("bitnn_engine::sign_matmul"):
+            grad_x = None
+            if ctx.w_planes is not None:
+                grad_x = torch.empty(x.shape, dtype=torch.float32)
+                _engine.sign_matmul(g, ctx.w_planes, grad_x.numpy(), threads=threads)
+            x_planes = _engine.sign_planes(x.numpy(), not ctx.dense, threads)
+            grad_w = torch.empty(dtanh.shape, dtype=torch.float32)
+            _engine.sign_matmul(
+                g, x_planes, grad_w.numpy(), transpose_a=True, alpha=ctx.scale,
+                mul=dtanh.numpy(), threads=threads,
+            )  # fmt: skip
+        ctx.w_planes = None
+        return grad_x, grad_w, None
 
 
 def keep_mask(h: torch.Tensor, p: float) -> torch.Tensor:
@@ -382,9 +403,9 @@ class BitLinear(nn.Module):
         self.binary = False
         # "float32", or "bfloat16": matmuls in training from bfloat16 operands (round 1) and,
         # in round 2, exact int8 products forward with bfloat16 gradients; or "float32-fast":
-        # round 2's forward by XNOR-popcount, float32 gradients (see the module docstring).
-        # ``input_scale``
-        # is the factor dropout gives the -1/0/+1 inputs in training (1/(1-p)).
+        # round 2's forward by XNOR-popcount, its gradients by table lookups (see the module
+        # docstring). ``input_scale`` is the factor dropout gives the -1/0/+1 inputs in
+        # training (1/(1-p)).
         self.precision = "float32"
         self.input_scale = 1.0
         self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1.0, 1.0))
