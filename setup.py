@@ -31,9 +31,8 @@ setup(
             sources=["src/bitnn/train/_fused.c"],
             extra_compile_args=extra,
             libraries=["mvec", "m"],
-            extra_link_args=["-fsanitize=address,undefined"]
-            if os.environ.get("BITNN_SANITIZE")
-            else [],
+            extra_link_args=["-pthread"]
+            + (["-fsanitize=address,undefined"] if os.environ.get("BITNN_SANITIZE") else []),
             optional=True,
         ),
     ]

@@ -526,3 +526,25 @@ def test_sign_matmul_refuses_short_buffers_and_the_avx512_variant():
         compiled._kernels.sign_planes(a, 17, 16, p, None, 1)  # 17 rows: a holds 8
     with pytest.raises(ValueError, match="p buffer"):
         compiled._kernels.sign_planes(a, 8, 16, p, None, 1)  # 1 x 16 bytes: p holds 10
+
+
+def test_sign_matmul_and_sign_planes_refuse_wrong_arrays():
+    """The Python entry points check dtypes, layouts and shapes before the C code sees them."""
+    a = np.zeros((4, 16), np.float32)
+    planes = compiled.sign_planes(np.ones((16, 5), np.float32), True, 1)
+    out = np.zeros((4, 5), np.float32)
+    compiled.sign_matmul(a, planes, out)  # the right arrays pass
+    with pytest.raises(InputError, match="a must be"):
+        compiled.sign_matmul(a.astype(np.float64), planes, out)
+    with pytest.raises(InputError, match="a must be"):
+        compiled.sign_matmul(np.zeros((16, 4), np.float32).T, planes, out)  # not C-contiguous
+    with pytest.raises(InputError, match="out must be"):
+        compiled.sign_matmul(a, planes, np.zeros((4, 6), np.float32))
+    with pytest.raises(InputError, match="mul must be"):
+        compiled.sign_matmul(a, planes, out, mul=np.zeros((5, 4), np.float32))
+    with pytest.raises(InputError, match="plane p"):
+        compiled.sign_matmul(a, (planes[0][:1], None), out)  # K = 16 needs 2 rows
+    with pytest.raises(InputError, match="differ in shape"):
+        compiled.sign_matmul(a, (planes[0], planes[1][:, :4].copy()), out)
+    with pytest.raises(InputError, match="s must be"):
+        compiled.sign_planes(np.ones((16, 5)), True, 1)  # float64

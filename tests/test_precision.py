@@ -615,3 +615,40 @@ def test_bitnn_shortens_openmp_s_spin_unless_told_or_too_late(env, torch_first, 
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(want)
+
+
+@compiled
+def test_compiled_passes_give_the_same_bits_on_any_thread_count():
+    """tanh, tanh_grad, tanh_grad_float and weight_pass split large calls over set_threads(n)
+    threads at multiples of 64 elements (or at rows): every element goes through the same
+    vector code, so 1 and 3 threads give the same bits, tails included."""
+    fused = layers._fused
+    n, rows, cols = 200_003, 301, 1_571  # 3 parts of tanh's n; a weight_pass of 7 parts' work
+    x = _latent(n, seed=4)
+    g = torch.randn(n, generator=torch.Generator().manual_seed(5))
+    gb = g.to(torch.bfloat16)
+    w = _latent(rows * cols, seed=6).reshape(rows, cols)
+    words = -(-cols // 64)
+
+    def run():
+        outs = [torch.empty(n) for _ in range(3)] + [torch.empty(rows, cols)]
+        bits = np.empty((rows, words), np.uint64)
+        fused.tanh(x.data_ptr(), outs[0].data_ptr(), n)
+        fused.tanh_grad(x.data_ptr(), gb.data_ptr(), outs[1].data_ptr(), n)
+        fused.tanh_grad_float(x.data_ptr(), g.data_ptr(), outs[2].data_ptr(), n)
+        fused.weight_pass(w.data_ptr(), rows, cols, bits.ctypes.data, outs[3].data_ptr())
+        return outs, bits
+
+    try:
+        fused.set_threads(1)
+        (one, bits_one) = run()
+        fused.set_threads(3)
+        (three, bits_three) = run()
+    finally:
+        fused.set_threads(torch.get_num_threads())
+    for a, b in zip(one, three, strict=True):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    np.testing.assert_array_equal(bits_one, bits_three)
+    assert torch.equal(one[0], layers._tanh_values(x))  # the layers' call, as training makes it
+    with pytest.raises(ValueError, match="at least 1"):
+        fused.set_threads(0)

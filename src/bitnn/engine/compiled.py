@@ -153,11 +153,21 @@ def masked_dot(
     return out
 
 
+def _check_float_matrix(a: np.ndarray, name: str, shape: tuple | None = None) -> None:
+    if not (
+        isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
+        and a.flags.c_contiguous and (shape is None or a.shape == shape)
+    ):  # fmt: skip
+        want = "" if shape is None else f" of shape {shape}"
+        raise InputError(f"{name} must be a C-contiguous float32 matrix{want}")
+
+
 def sign_planes(s: np.ndarray, ternary: bool, threads: int) -> tuple:
     """The signs of float32 ``s`` (K x N, C-contiguous) as :func:`sign_matmul`'s bit planes:
     ``(p, q)``, uint8 arrays of ceil(K/8) x N bytes, bit r of byte (c, n) standing for
     ``s[8c + r, n]``. ``ternary``: p where s > 0, q where s < 0 (-1/0/+1 values); else p
     where s is not negative (-0 and NaN count as +1, as training's sign(W)) and q is None."""
+    _check_float_matrix(s, "s")
     k, n = s.shape
     p = np.empty((-(-k // 8), n), dtype=np.uint8)
     q = np.empty_like(p) if ternary else None
@@ -182,10 +192,22 @@ def sign_matmul(
     (``_kernels.c``), equal to a matmul up to the order in which float sums round.
     ``variant``: ``"avx2"`` where the CPU runs it (also on AVX-512 CPUs), else ``"portable"``;
     both give the same bits."""
+    _check_float_matrix(a, "a")
     rows, cols = a.shape
     m, k = (cols, rows) if transpose_a else (rows, cols)
     sam, sak = (1, cols) if transpose_a else (cols, 1)
     p, q = planes
+    for name, plane in (("p", p), ("q", q)):
+        if plane is not None and not (
+            isinstance(plane, np.ndarray) and plane.dtype == np.uint8 and plane.ndim == 2
+            and plane.flags.c_contiguous and plane.shape[0] == -(-k // 8)
+        ):  # fmt: skip
+            raise InputError(f"plane {name} must be C-contiguous uint8 of {-(-k // 8)} rows")
+    if q is not None and q.shape != p.shape:
+        raise InputError(f"planes p and q differ in shape: {p.shape} and {q.shape}")
+    for name, arr in (("out", out), ("mul", mul)):
+        if arr is not None:
+            _check_float_matrix(arr, name, (m, p.shape[1]))
     if variant is None:
         variant = "avx2" if "avx2" in available_variants() else "portable"
     _kernels.sign_matmul(

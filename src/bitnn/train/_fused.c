@@ -30,15 +30,19 @@
  *                        convert take 1.4 ms on a batch of 400 MNIST images, this 0.23 ms).
  *
  * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, the
- * widest the CPU runs), within a few units in the last place of PyTorch's tanh. Single-threaded
- * on purpose: right after a PyTorch op (as in training) a second thread of ours was slower, not
- * faster, most likely competing with PyTorch's OpenMP workers that keep spinning for a while
- * (2 cores, the four MNIST layers' tanh' with cold caches: 2.5 ms on one thread, 4.0 ms on
- * two). Addresses come from Python (bitnn.train.layers checks dtypes, sizes and contiguity);
- * the GIL is released while the loops run.
+ * widest the CPU runs), within a few units in the last place of PyTorch's tanh. tanh, tanh_grad,
+ * tanh_grad_float and weight_pass split large calls over set_threads(n) threads (each part
+ * starts at a multiple of 64 elements or at a row, so every element goes through the same
+ * vector code and the results are the same bits for any count). Until session 18 they ran on one
+ * thread: a second one was slower, not faster, next to PyTorch's OpenMP workers spinning after
+ * each op (2 cores, the four MNIST layers' tanh' with cold caches: 2.5 ms on one thread, 4.0 ms
+ * on two); bitnn.train._torch now shortens that spin (GOMP_SPINCOUNT). Addresses come from
+ * Python (bitnn.train.layers checks dtypes, sizes and contiguity); the GIL is released while
+ * the loops run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -356,6 +360,90 @@ static int pick_variant(const char *name, const char *what) {
     return v;
 }
 
+/* ---- splitting a call over threads --------------------------------------------------------- */
+
+static int fused_threads = 1; /* set_threads(n): training sets PyTorch's thread count */
+#define MAX_PARTS 64
+#define MIN_PART 65536 /* elements: below this a thread's start costs more than it saves */
+
+typedef struct split_job split_job;
+struct split_job {
+    void (*run)(const split_job *, int64_t lo, int64_t hi); /* elements (rows) lo..hi-1 */
+    int v;
+    const void *in1, *in2;
+    void *out1, *out2;
+    int64_t cols;
+};
+
+typedef struct {
+    const split_job *job;
+    int64_t lo, hi;
+} split_part;
+
+static void *split_thread(void *arg) {
+    split_part *p = arg;
+    p->job->run(p->job, p->lo, p->hi);
+    return NULL;
+}
+
+/* Runs job over 0..n-1 in up to fused_threads parts of at least MIN_PART elements (each row
+ * counts as `per` elements), part boundaries at multiples of `align`; part 0 on this thread,
+ * and a part whose thread does not start runs here too. */
+static void run_split(const split_job *job, int64_t n, int64_t align, int64_t per) {
+    int64_t units = (n + align - 1) / align, most = n * per / MIN_PART;
+    int parts = fused_threads < MAX_PARTS ? fused_threads : MAX_PARTS;
+    if (most < parts) parts = most < 1 ? 1 : (int)most;
+    if (units < parts) parts = units < 1 ? 1 : (int)units;
+    split_part part[MAX_PARTS];
+    pthread_t thread[MAX_PARTS];
+    int started[MAX_PARTS] = {0};
+    for (int i = 0; i < parts; i++) {
+        int64_t lo = units * i / parts * align, hi = units * (i + 1) / parts * align;
+        part[i] = (split_part){job, lo < n ? lo : n, hi < n ? hi : n};
+    }
+    for (int i = 1; i < parts; i++)
+        started[i] = pthread_create(&thread[i], NULL, split_thread, &part[i]) == 0;
+    job->run(job, part[0].lo, part[0].hi);
+    for (int i = 1; i < parts; i++) {
+        if (started[i])
+            pthread_join(thread[i], NULL);
+        else
+            job->run(job, part[i].lo, part[i].hi);
+    }
+}
+
+static void run_tanh(const split_job *j, int64_t lo, int64_t hi) {
+    VARIANTS[j->v].tanh((const float *)j->in1 + lo, (float *)j->out1 + lo, hi - lo);
+}
+
+static void run_tanh_grad(const split_job *j, int64_t lo, int64_t hi) {
+    VARIANTS[j->v].tanh_grad((const float *)j->in1 + lo, (const uint16_t *)j->in2 + lo,
+                             (float *)j->out1 + lo, hi - lo);
+}
+
+static void run_tanh_grad_float(const split_job *j, int64_t lo, int64_t hi) {
+    VARIANTS[j->v].tanh_grad_float((const float *)j->in1 + lo, (const float *)j->in2 + lo,
+                                   (float *)j->out1 + lo, hi - lo);
+}
+
+static void run_weight_pass(const split_job *j, int64_t lo, int64_t hi) {
+    int64_t cols = j->cols, words = (cols + 63) / 64;
+    VARIANTS[j->v].weight_pass((const float *)j->in1 + lo * cols, hi - lo, cols,
+                               (uint64_t *)j->out1 + lo * words, (float *)j->out2 + lo * cols);
+}
+
+/* set_threads(n): the most threads the split calls use (n >= 1) */
+static PyObject *py_set_threads(PyObject *self, PyObject *args) {
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "set_threads needs at least 1 thread");
+        return NULL;
+    }
+    fused_threads = n;
+    Py_RETURN_NONE;
+}
+
 /* The arguments of tanh_grad and tanh_grad_float: (w, g, out, n[, variant]); the variant's
  * index, or -1 with the Python error set. */
 static int parse_tanh_grad(PyObject *args, const char *what, unsigned long long addr[3],
@@ -373,8 +461,9 @@ static PyObject *py_tanh(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKL|s", &x, &out, &n, &name)) return NULL;
     int v = pick_variant(name, "tanh");
     if (v < 0) return NULL;
+    split_job job = {run_tanh, v, (const void *)x, NULL, (void *)out, NULL, 0};
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].tanh((const float *)x, (float *)out, n);
+    run_split(&job, n, 64, 1);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -384,8 +473,9 @@ static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
     long long n;
     int v = parse_tanh_grad(args, "tanh_grad", a, &n);
     if (v < 0) return NULL;
+    split_job job = {run_tanh_grad, v, (const void *)a[0], (const void *)a[1], (void *)a[2], NULL, 0};
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].tanh_grad((const float *)a[0], (const uint16_t *)a[1], (float *)a[2], n);
+    run_split(&job, n, 64, 1);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -395,8 +485,10 @@ static PyObject *py_tanh_grad_float(PyObject *self, PyObject *args) {
     long long n;
     int v = parse_tanh_grad(args, "tanh_grad_float", a, &n);
     if (v < 0) return NULL;
+    split_job job = {run_tanh_grad_float, v, (const void *)a[0], (const void *)a[1], (void *)a[2],
+                     NULL, 0};
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].tanh_grad_float((const float *)a[0], (const float *)a[1], (float *)a[2], n);
+    run_split(&job, n, 64, 1);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -457,8 +549,9 @@ static PyObject *py_weight_pass(PyObject *self, PyObject *args) {
     long long rows, cols;
     int v = parse_rows_call(args, "weight_pass", a, &rows, &cols);
     if (v < 0) return NULL;
+    split_job job = {run_weight_pass, v, (const void *)a[0], NULL, (void *)a[1], (void *)a[2], cols};
     Py_BEGIN_ALLOW_THREADS
-    VARIANTS[v].weight_pass((const float *)a[0], rows, cols, (uint64_t *)a[1], (float *)a[2]);
+    run_split(&job, rows, 1, cols);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -557,6 +650,8 @@ static PyMethodDef methods[] = {
     {"shift_codes", py_shift_codes, METH_VARARGS,
      "Images moved by whole pixels and binarized: +1/-1 codes by edge count (addresses, "
      "sizes)."},
+    {"set_threads", py_set_threads, METH_VARARGS,
+     "The most threads tanh, tanh_grad(_float) and weight_pass split a call over."},
     {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
     {NULL, NULL, 0, NULL},
 };

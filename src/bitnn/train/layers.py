@@ -73,6 +73,7 @@ def _tanh_values(x: torch.Tensor) -> torch.Tensor:
     in the last place of PyTorch's, whose own tanh took 3.5x as long on one AVX2 thread)."""
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    _fused.set_threads(torch.get_num_threads())
     with torch.profiler.record_function("bitnn_fused::tanh"):
         _fused.tanh(x.data_ptr(), out.data_ptr(), x.numel())
     return out
@@ -222,6 +223,7 @@ def _latent_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         )
     w, grad = w.contiguous(), grad.contiguous()  # the C loop reads them as flat arrays
     out = torch.empty(w.shape, dtype=torch.float32, device=w.device)
+    _fused.set_threads(torch.get_num_threads())
     with torch.profiler.record_function("bitnn_fused::tanh_grad"):
         kernels[grad.dtype](w.data_ptr(), grad.data_ptr(), out.data_ptr(), w.numel())
     return out
@@ -286,6 +288,7 @@ def _weight_pass(w: torch.Tensor) -> tuple:
     rows, cols = w.shape
     bits = torch.empty((rows, -(-cols // 64)), dtype=torch.int64).numpy().view(np.uint64)
     dtanh = torch.empty(w.shape, dtype=torch.float32)
+    _fused.set_threads(torch.get_num_threads())
     with torch.profiler.record_function("bitnn_fused::weight_pass"):
         _fused.weight_pass(w.data_ptr(), rows, cols, bits.ctypes.data, dtanh.data_ptr())
     return bits, dtanh
