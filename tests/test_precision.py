@@ -652,3 +652,24 @@ def test_compiled_passes_give_the_same_bits_on_any_thread_count():
     assert torch.equal(one[0], layers._tanh_values(x))  # the layers' call, as training makes it
     with pytest.raises(ValueError, match="at least 1"):
         fused.set_threads(0)
+
+
+@compiled
+def test_keep_masks_repeat_with_the_seed_on_any_thread_count(monkeypatch):
+    """The compiled generator is keyed by PyTorch's: the same seed gives the same mask whatever
+    the thread count, the next call another; without the compiled passes PyTorch's own draws
+    give the same distribution."""
+    h = torch.empty(700, 1001)  # 700,700 units: 11 parts of 64 on 11 threads
+    masks = []
+    for threads in (1, 11):
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        torch.manual_seed(9)
+        masks.append((keep_mask(h, 0.2), keep_mask(h, 0.2)))
+    (a, b), (c, d) = masks
+    assert torch.equal(a, c) and torch.equal(b, d)
+    assert not torch.equal(a, b)
+    assert abs(a.float().mean().item() - 0.8) < 0.003
+    monkeypatch.setattr(layers, "_fused", None)
+    torch.manual_seed(9)
+    e = keep_mask(h, 0.2)
+    assert not torch.equal(e, a) and abs(e.float().mean().item() - 0.8) < 0.003

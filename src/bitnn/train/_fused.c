@@ -28,6 +28,12 @@
  *                        +1/-1 table picked by how many of its edges the value reaches (the
  *                        trainer's shift augmentation; PyTorch's pad, two gathers, compare and
  *                        convert take 1.4 ms on a batch of 400 MNIST images, this 0.23 ms).
+ *   keep_mask(n, key) -> dropout's keep mask as bytes (1: kept): element i is kept where the
+ *                        16-bit slice i % 4 of SplitMix64's output number i / 4 for the key (a
+ *                        counter-based generator: element i needs no state but i) is at least a
+ *                        threshold, as an int16; the same bits on any thread count. PyTorch's
+ *                        CPU generator runs serially: 2.3 ms of a 45 ms round-2 step for the
+ *                        four masks of the MNIST paper network at batch 400.
  *
  * tanh comes from glibc's vector math library (libmvec: AVX-512, AVX2 or SSE variant, the
  * widest the CPU runs), within a few units in the last place of PyTorch's tanh. tanh, tanh_grad,
@@ -432,6 +438,50 @@ static void run_weight_pass(const split_job *j, int64_t lo, int64_t hi) {
                                (uint64_t *)j->out1 + lo * words, (float *)j->out2 + lo * cols);
 }
 
+/* SplitMix64's output function (Steele, Lea and Flood 2014): output number c of the generator
+ * started at key is mix64(key + (c + 1) * golden gamma). */
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+typedef struct {
+    split_job base; /* first: run_split passes a split_job */
+    uint64_t key;
+    int threshold;
+} keep_job;
+
+static void run_keep_mask(const split_job *j, int64_t lo, int64_t hi) {
+    const keep_job *k = (const keep_job *)j;
+    uint8_t *out = j->out1;
+    const int t = k->threshold;
+    int64_t w = lo / 4; /* lo is a multiple of 64: whole words */
+    for (; 4 * w + 4 <= hi; w++) {
+        uint64_t r = mix64(k->key + (uint64_t)(w + 1) * 0x9e3779b97f4a7c15ULL);
+        uint32_t b = (uint32_t)((int16_t)r >= t) | (uint32_t)((int16_t)(r >> 16) >= t) << 8 |
+                     (uint32_t)((int16_t)(r >> 32) >= t) << 16 | (uint32_t)((int16_t)(r >> 48) >= t) << 24;
+        memcpy(out + 4 * w, &b, 4); /* bytes in memory order: little-endian x86-64 */
+    }
+    if (4 * w < hi) { /* the last 1-3 elements */
+        uint64_t r = mix64(k->key + (uint64_t)(w + 1) * 0x9e3779b97f4a7c15ULL);
+        for (int l = 0; 4 * w + l < hi; l++) out[4 * w + l] = (int16_t)(r >> (16 * l)) >= t;
+    }
+}
+
+/* keep_mask(out, n, key, threshold): address of n bytes */
+static PyObject *py_keep_mask(PyObject *self, PyObject *args) {
+    unsigned long long out, key;
+    long long n;
+    int threshold;
+    if (!PyArg_ParseTuple(args, "KLKi", &out, &n, &key, &threshold)) return NULL;
+    keep_job job = {{run_keep_mask, 0, NULL, NULL, (void *)out, NULL, 0}, key, threshold};
+    Py_BEGIN_ALLOW_THREADS
+    run_split(&job.base, n, 64, 1);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* set_threads(n): the most threads the split calls use (n >= 1) */
 static PyObject *py_set_threads(PyObject *self, PyObject *args) {
     int n;
@@ -650,6 +700,8 @@ static PyMethodDef methods[] = {
     {"shift_codes", py_shift_codes, METH_VARARGS,
      "Images moved by whole pixels and binarized: +1/-1 codes by edge count (addresses, "
      "sizes)."},
+    {"keep_mask", py_keep_mask, METH_VARARGS,
+     "Dropout's keep mask as bytes from a counter-based generator (address, n, key, threshold)."},
     {"set_threads", py_set_threads, METH_VARARGS,
      "The most threads tanh, tanh_grad(_float) and weight_pass split a call over."},
     {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
