@@ -544,6 +544,8 @@ def test_sign_matmul_and_sign_planes_refuse_wrong_arrays():
         compiled.sign_matmul(a, planes, out, mul=np.zeros((5, 4), np.float32))
     with pytest.raises(InputError, match="plane p"):
         compiled.sign_matmul(a, (planes[0][:1], None), out)  # K = 16 needs 2 rows
+    with pytest.raises(InputError, match="plane p"):
+        compiled.sign_matmul(a, (None, None), out)
     with pytest.raises(InputError, match="differ in shape"):
         compiled.sign_matmul(a, (planes[0], planes[1][:, :4].copy()), out)
     with pytest.raises(InputError, match="s must be"):

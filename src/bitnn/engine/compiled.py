@@ -191,14 +191,14 @@ def sign_matmul(
     (``bitnn.train.layers``): a table-lookup product, 1.6-2.5x float32 sgemm's speed on AVX2
     (``_kernels.c``), equal to a matmul up to the order in which float sums round.
     ``variant``: ``"avx2"`` where the CPU runs it (also on AVX-512 CPUs), else ``"portable"``;
-    both give the same bits."""
+    both give the same bits, on any number of ``threads`` (0: the engine's limit)."""
     _check_float_matrix(a, "a")
     rows, cols = a.shape
     m, k = (cols, rows) if transpose_a else (rows, cols)
     sam, sak = (1, cols) if transpose_a else (cols, 1)
     p, q = planes
     for name, plane in (("p", p), ("q", q)):
-        if plane is not None and not (
+        if (plane is not None or name == "p") and not (
             isinstance(plane, np.ndarray) and plane.dtype == np.uint8 and plane.ndim == 2
             and plane.flags.c_contiguous and plane.shape[0] == -(-k // 8)
         ):  # fmt: skip

@@ -347,7 +347,7 @@ class _PopcountBitLinear(torch.autograd.Function):
             if ctx.w_planes is not None:
                 grad_x = torch.empty(x.shape, dtype=torch.float32)
                 _engine.sign_matmul(g, ctx.w_planes, grad_x.numpy(), threads=threads)
-            x_planes = _engine.sign_planes(x.numpy(), not ctx.dense, threads)
+            x_planes = _engine.sign_planes(x.detach().numpy(), not ctx.dense, threads)
             grad_w = torch.empty(dtanh.shape, dtype=torch.float32)
             _engine.sign_matmul(
                 g, x_planes, grad_w.numpy(), transpose_a=True, alpha=ctx.scale,
