@@ -1050,7 +1050,8 @@ static PyObject *py_sign_planes(PyObject *self, PyObject *args) {
     if (get_buffer(po, &pb, 1, size_product((K + 7) / 8, N, 1, 1), "p")) goto fail_s;
     if (have_q && get_buffer(qo, &qb, 1, size_product((K + 7) / 8, N, 1, 1), "q")) goto fail_p;
     planes_args a = {sb.buf, K, N, pb.buf, have_q ? qb.buf : NULL};
-    int nthreads = choose_threads(size_product(K, N, 64, 1) < 0 ? INT64_MAX : K * N * 64, threads);
+    int64_t work = size_product(K, N, 64, 1);
+    int nthreads = choose_threads(work < 0 ? INT64_MAX : work, threads);
     if (nthreads > (K + 7) / 8) nthreads = (int)((K + 7) / 8);
     if (K > 0 && N > 0) {
         Py_BEGIN_ALLOW_THREADS pool_run(run_planes_part, &a, nthreads < 1 ? 1 : nthreads);

@@ -460,7 +460,8 @@ static void run_keep_mask(const split_job *j, int64_t lo, int64_t hi) {
     for (; 4 * w + 4 <= hi; w++) {
         uint64_t r = mix64(k->key + (uint64_t)(w + 1) * 0x9e3779b97f4a7c15ULL);
         uint32_t b = (uint32_t)((int16_t)r >= t) | (uint32_t)((int16_t)(r >> 16) >= t) << 8 |
-                     (uint32_t)((int16_t)(r >> 32) >= t) << 16 | (uint32_t)((int16_t)(r >> 48) >= t) << 24;
+                     (uint32_t)((int16_t)(r >> 32) >= t) << 16 |
+                     (uint32_t)((int16_t)(r >> 48) >= t) << 24;
         memcpy(out + 4 * w, &b, 4); /* bytes in memory order: little-endian x86-64 */
     }
     if (4 * w < hi) { /* the last 1-3 elements */
@@ -523,7 +524,8 @@ static PyObject *py_tanh_grad(PyObject *self, PyObject *args) {
     long long n;
     int v = parse_tanh_grad(args, "tanh_grad", a, &n);
     if (v < 0) return NULL;
-    split_job job = {run_tanh_grad, v, (const void *)a[0], (const void *)a[1], (void *)a[2], NULL, 0};
+    split_job job = {run_tanh_grad, v, (const void *)a[0], (const void *)a[1], (void *)a[2], NULL,
+                     0};
     Py_BEGIN_ALLOW_THREADS
     run_split(&job, n, 64, 1);
     Py_END_ALLOW_THREADS
@@ -566,12 +568,12 @@ static PyObject *py_signs_float(PyObject *self, PyObject *args) {
 }
 
 /* The arguments of pack_signs and weight_pass: (src, rows, cols, out1, out2[, out3][, variant]),
- * addresses and sizes (out3 for pack_signs only); the variant's index, or -1 with the Python
- * error set. */
-static int parse_rows_call(PyObject *args, const char *what, unsigned long long addr[4],
-                           long long *rows, long long *cols) {
+ * addresses and sizes (out3 with `three` outputs: pack_signs); the variant's index, or -1 with
+ * the Python error set. */
+static int parse_rows_call(PyObject *args, const char *what, int three,
+                           unsigned long long addr[4], long long *rows, long long *cols) {
     const char *name = NULL;
-    int ok = addr[3] ? PyArg_ParseTuple(args, "KLLKKK|s", &addr[0], rows, cols, &addr[1],
+    int ok = three ? PyArg_ParseTuple(args, "KLLKKK|s", &addr[0], rows, cols, &addr[1],
                                         &addr[2], &addr[3], &name)
                      : PyArg_ParseTuple(args, "KLLKK|s", &addr[0], rows, cols, &addr[1],
                                         &addr[2], &name);
@@ -581,9 +583,9 @@ static int parse_rows_call(PyObject *args, const char *what, unsigned long long 
 /* pack_signs(src, rows, cols, bits, mask, counts[, variant]): addresses of float32
  * rows x cols, uint64 rows x ceil(cols / 64) (twice) and int64 rows. */
 static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
-    unsigned long long a[4] = {0, 0, 0, 1}; /* a[3] set: three outputs */
+    unsigned long long a[4];
     long long rows, cols;
-    int v = parse_rows_call(args, "pack_signs", a, &rows, &cols);
+    int v = parse_rows_call(args, "pack_signs", 1, a, &rows, &cols);
     if (v < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     VARIANTS[v].pack((const float *)a[0], rows, cols, (uint64_t *)a[1], (uint64_t *)a[2],
@@ -595,11 +597,12 @@ static PyObject *py_pack_signs(PyObject *self, PyObject *args) {
 /* weight_pass(w, rows, cols, bits, dtanh[, variant]): addresses of float32 rows x cols, uint64
  * rows x ceil(cols / 64) and float32 rows x cols. */
 static PyObject *py_weight_pass(PyObject *self, PyObject *args) {
-    unsigned long long a[4] = {0}; /* a[3] clear: two outputs */
+    unsigned long long a[4];
     long long rows, cols;
-    int v = parse_rows_call(args, "weight_pass", a, &rows, &cols);
+    int v = parse_rows_call(args, "weight_pass", 0, a, &rows, &cols);
     if (v < 0) return NULL;
-    split_job job = {run_weight_pass, v, (const void *)a[0], NULL, (void *)a[1], (void *)a[2], cols};
+    split_job job = {run_weight_pass, v, (const void *)a[0], NULL, (void *)a[1], (void *)a[2],
+                     cols};
     Py_BEGIN_ALLOW_THREADS
     run_split(&job, rows, 1, cols);
     Py_END_ALLOW_THREADS
