@@ -624,16 +624,19 @@ static int choose_threads(int64_t work_bits, int requested) {
  * Each product goes by tables ("four Russians"): for 8 rows of C (one vector of lanes) and 8
  * values of k, the 256 sums +-A[m][8c] +- ... +- A[m][8c + 7] (with Q: the 256 subset sums) are
  * tabulated once in 255 vector additions; then every column n adds the row its byte picks (with
- * Q: adds P's row and subtracts Q's), one addition where a matmul does 8 multiply-adds. Two
- * groups of 8 k are tabulated at a time: 16 KB of tables stay in the L1 cache (on a Zen 4,
- * 1024 x 1024 x 400, one thread: 4.3 ms against float32 sgemm's 10.9 ms for +-1, 7.1 against
- * 11.1 ms for -1/0/+1; larger groups spill to L2 and lose most of the gain).
+ * Q: adds P's row and subtracts Q's), one addition where a matmul does 8 multiply-adds. Four
+ * groups of 8 k are tabulated at a time (32 KB): each pass over a block's column sums then adds
+ * four rows, so the sums, which are too many for L1, travel half as often as with two. On a Zen
+ * 4, 400 x 1024 by 1024 x 1024 on two threads, +-1 / -1/0/+1 operands: groups of 1, 2, 3, 4, 8,
+ * 16: 2.85/4.14, 2.49/3.77, 2.36/3.66, 2.29/3.57, 2.11/3.58, 2.85/5.55 ms (one thread, two
+ * groups: 4.3 ms against float32 sgemm's 10.9 for +-1, 7.1 against 11.1 for -1/0/+1). The
+ * group size does not change the order of the additions, so results are the same bits.
  *
  * The same source in both variants (GCC vector types: additions lane by lane, in one order), so
  * AVX2 and portable results are bit for bit equal; they differ from a matmul's in rounding
  * order only. */
 typedef float v8f __attribute__((vector_size(32), aligned(32)));
-#define SMM_GROUP 2
+#define SMM_GROUP 4
 
 typedef struct {
     const float *a;
