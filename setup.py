@@ -1,6 +1,6 @@
 """Builds the optional C kernels with the system C compiler: bitnn.engine._kernels (the bit
-engine) and, on x86-64, bitnn.train._fused (round 2's passes over the weights in training,
-with glibc's vector math library libmvec).
+engine) and, on x86-64, bitnn.train._fused (training's compiled passes: tanh, the passes over
+round 2's weights, dropout masks).
 
 One object holds every variant (portable, AVX2, AVX-512): each function carries its own
 target attribute and the choice is made at run time from the CPU's features, so the build
@@ -30,7 +30,6 @@ setup(
             "bitnn.train._fused",
             sources=["src/bitnn/train/_fused.c"],
             extra_compile_args=extra,
-            libraries=["mvec", "m"],
             extra_link_args=["-pthread"]
             + (["-fsanitize=address,undefined"] if os.environ.get("BITNN_SANITIZE") else []),
             optional=True,

@@ -21,8 +21,8 @@ round 1 from bfloat16 operands, round 2's forward exactly in int8 (-1/0/+1 by -1
 sums) and its gradients from bfloat16 operands; dropout draws its masks from uniform
 integers instead of Bernoulli draws (:func:`keep_mask`: faster, the same distribution up to
 p rounded to 2**-16); and with latent weights, the passes over W (its signs, tanh' for its
-gradient) run compiled where ``bitnn.train._fused`` is built (x86-64 with glibc; tanh then
-comes from glibc's libmvec, within a few units in the last place of PyTorch's).
+gradient) run compiled where ``bitnn.train._fused`` is built (x86-64; tanh then is bitnn's
+own vector code, within 2.5 units in the last place of the exact tanh).
 ``precision="float32-fast"`` (for CPUs without fast bfloat16) takes round 2's forward exactly
 by XNOR-popcount in the inference engine's compiled kernel (:class:`_PopcountBitLinear`), its
 gradients by the engine's table-lookup product of the float32 gradient with the bits of sign(W)
@@ -69,8 +69,9 @@ def _ternary(v: torch.Tensor, t) -> torch.Tensor:
 
 
 def _tanh_values(x: torch.Tensor) -> torch.Tensor:
-    """tanh(x) of a CPU float32 tensor by one compiled pass (libmvec's tanh, within a few units
-    in the last place of PyTorch's, whose own tanh took 3.5x as long on one AVX2 thread)."""
+    """tanh(x) of a CPU float32 tensor by one compiled pass (bitnn's tanh, within 2.5 units in
+    the last place of the exact tanh; PyTorch's took 3.5x glibc's libmvec's time on one AVX2
+    thread, and libmvec's 1.6x this one's)."""
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     _fused.set_threads(torch.get_num_threads())
@@ -212,8 +213,8 @@ def _latent_signs_float(w: torch.Tensor, t: float = 0.0) -> torch.Tensor:
 def _latent_grad(grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """float(grad) * tanh'(W) for the bfloat16 or float32 gradient of sign(W) (and, with W the
     pre-activations, float32-fast's sign activation surrogate): one compiled pass where
-    available (tanh from glibc's libmvec, within a few units in the last place of PyTorch's),
-    else PyTorch's ops."""
+    available (bitnn's tanh, within 2.5 units in the last place of the exact tanh), else
+    PyTorch's ops."""
     if not _fusable(w):
         return torch.ops.aten.tanh_backward(grad.float(), torch.tanh(w))
     kernels = {torch.bfloat16: _fused.tanh_grad, torch.float32: _fused.tanh_grad_float}
