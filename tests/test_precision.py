@@ -417,12 +417,95 @@ def test_float32_fast_steps_are_float32_s_up_to_tanh_rounding(round_, sparsity, 
         assert calls == [(64,), (48,), (10,)]
         if sparsity == 0:  # table products: W's gradient in every layer, x's in layers 2, 3
             assert sorted(products) == [(10, 48), (40, 48), (40, 64), (48, 64), (64, 96)]
-    else:  # round 1's tanh: bitnn's against PyTorch's
+    else:  # round 1's tanh: bitnn's against PyTorch's; the first layer's table products
         torch.testing.assert_close(outf, out32, rtol=1e-5, atol=1e-6)
         assert len(calls) == 3 * 2 + 2  # the weights and biases of 3 layers, 2 activations
+        if layers._engine.extension_available():  # layer 1's forward (transposed), W's grad
+            assert products == [(64, 40), (64, 96)]
     assert g32.keys() == gf.keys()
     for name in g32:
         torch.testing.assert_close(gf[name], g32[name], rtol=1e-5, atol=1e-7)
+
+
+@compiled
+@pytest.mark.parametrize("p_drop", [0.0, 0.1])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (40, 96, 64), (13, 1568, 37)])
+def test_round_1_first_layer_by_table_products_is_the_matmul_up_to_rounding(p_drop, shape):
+    """x @ w.T and W's gradient g.T @ x for x of +-1 (times dropout's mask and scale) by the
+    engine's table products: a matmul's values up to the order of float sums."""
+    if not layers._engine.extension_available():
+        pytest.skip("the compiled engine is not built")
+    n, n_in, n_out = shape
+    g = torch.Generator().manual_seed(n_in)
+    x = torch.randint(0, 2, (n, n_in), generator=g).float() * 2 - 1
+    scale = 1.0 / (1.0 - p_drop)
+    if p_drop:
+        x = x * (torch.rand(x.shape, generator=g) >= p_drop) * scale
+    w = (torch.rand(n_out, n_in, generator=g) * 2 - 1).requires_grad_()
+    out = layers._SignInputLinear.apply(x, w, scale)
+    near = {"rtol": 1e-5, "atol": 3e-8 * n_in}  # float32 sums of n_in terms below 2 in size
+    exact = (x.double() @ w.detach().double().t()).float()
+    torch.testing.assert_close(out, exact, **near)
+    grad = torch.randn(n, n_out, generator=g)
+    out.backward(grad)
+    near["atol"] = 1e-7 * n
+    torch.testing.assert_close(w.grad, (grad.double().t() @ x.double()).float(), **near)
+
+
+@compiled
+def test_round_1_takes_table_products_only_for_bipolar_inputs(monkeypatch):
+    """The first layer's table products need x in {-1, +1}: other inputs, later layers, round 2,
+    float32 and evaluation take the matmuls."""
+    if not layers._engine.extension_available():
+        pytest.skip("the compiled engine is not built")
+    calls = []
+    apply = layers._SignInputLinear.apply
+    monkeypatch.setattr(layers._SignInputLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    x, _ = _batch()
+    one_off = {v: x.clone() for v in (0.0, float("nan"), 1.0000001)}
+    for v, inputs in one_off.items():
+        inputs[-1, -1] = v
+    for round_, precision, inputs, training, want in [
+        (1, "float32-fast", x, True, 1),
+        (1, "float32-fast", x * 0.5, True, 0),
+        *[(1, "float32-fast", inputs, True, 0) for inputs in one_off.values()],
+        (1, "float32-fast", x, False, 0),
+        (1, "float32", x, True, 0),
+        (2, "float32-fast", x, True, 0),
+    ]:
+        calls.clear()
+        model = _model(round_, precision)
+        model.train(training)
+        model(inputs)
+        assert len(calls) == want, (round_, precision, training)
+
+
+@compiled
+@pytest.mark.parametrize("n", [1, 5, 17, 65, 1000, 3 * 65536 + 7])  # tails, several threads
+def test_compiled_dropout_is_the_separate_ops_bit_for_bit(n):
+    """One pass of draws, mask and scale: keep_mask's draws, (h * keep) * scale forward and
+    (g * scale) * keep backward, the same bits as PyTorch's ops (-0, NaN and inf included) on
+    any thread count."""
+    h = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    h[:4] = torch.tensor([-0.0, float("nan"), float("inf"), -5.0])[: min(4, n)]
+    g = torch.randn(n, generator=torch.Generator().manual_seed(n + 1))
+
+    def run(fn, threads):
+        torch.manual_seed(5)
+        x = h.clone().requires_grad_()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the compiled passes split over PyTorch's count
+        try:
+            out = fn(x)
+            out.backward(g)
+        finally:
+            torch.set_num_threads(before)
+        return out.detach().view(torch.int32), x.grad.view(torch.int32)
+
+    want = run(lambda x: (x * keep_mask(x, 0.2).view(torch.int8)).mul_(1.0 / 0.8), 1)
+    for threads in (1, 3):
+        got = run(lambda x: layers._CompiledDropout.apply(x, 0.2), threads)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_float32_fast_dropout_is_bfloat16_s(monkeypatch):
