@@ -33,10 +33,11 @@ matmuls, round 2's XNOR-popcount product on packed bits and Adam's update, each 
 and what the MNIST paper preset's 30 + 90 epochs take at that cost, against issue #14's 15
 minutes.
 
-``--epochs N``: instead, whole epochs of the trainer on MNIST (the paper preset on all 60,000
-training images, shift augmentation, its batch of 100 or ``--batch``), one of each round per
-precision, repeated N times interleaved, against one epoch of the float32 MLP at the same batch
-on the same input bits; medians.
+``--epochs N``: instead, whole epochs of the trainer on MNIST (the paper preset, or
+``--preset best``, on all 60,000 training images, shift augmentation, its batch or
+``--batch``), one of each round per precision, repeated N times interleaved, against one epoch
+of the float32 MLP at the same batch on the same input bits; medians, and the preset's whole
+schedule at those epoch times.
 """
 
 from __future__ import annotations
@@ -291,19 +292,20 @@ def profile_main(hidden, batch, steps, threads: list[int], precisions: list[str]
 
 
 def epochs_main(
-    threads: list[int], precisions: list[str], repeats: int, batch: int | None = None
-) -> None:
-    """One epoch of each round of the MNIST paper preset (the trainer itself: all 60,000
-    images, shift augmentation, the preset's batch or ``batch``) at each precision, against
-    one epoch of a plain float32 MLP of the same shape and batch on the same input bits (no
-    augmentation)."""
+    threads: list[int], precisions: list[str], repeats: int, batch: int | None = None,
+    preset: str = "paper",
+) -> None:  # fmt: skip
+    """One epoch of each round of an MNIST preset (the trainer itself: all 60,000 images,
+    shift augmentation, the preset's batch or ``batch``) at each precision, against one epoch
+    of a plain float32 MLP of the same shape and batch on the same input bits (no
+    augmentation); and the preset's whole schedule at those epoch times."""
     from bitnn.binarize import binarizer_from_spec
     from bitnn.data.mnist import load_mnist
     from bitnn.train.presets import resolve
     from bitnn.train.trainer import TrainData, to_bipolar
 
     mnist = load_mnist()
-    values, spec = resolve("paper", {"val_fraction": 0.0, "keep": "last"}, None, "mnist")
+    values, spec = resolve(preset, {"val_fraction": 0.0, "keep": "last"}, None, "mnist")
     values = TrainConfig(**values).to_json()  # with the defaults the preset leaves alone
     if batch is not None:
         values["batch_size"] = batch
@@ -312,12 +314,13 @@ def epochs_main(
     data = TrainData(bits, mnist.y_train.astype(np.int64), None, None, 10, "scores",
                      mnist.X_train.astype(np.float32))  # fmt: skip
     hidden = tuple(values["hidden"])
-    print(f"paper preset: {bits.shape[1]} input bits -> {hidden} -> 10, batch "
+    print(f"{preset} preset: {bits.shape[1]} input bits -> {hidden} -> 10, batch "
           f"{values['batch_size']}, augment_shift {values['augment_shift']}; "
           f"median of {repeats} epochs each")  # fmt: skip
     print()
     names = _runs(precisions)
     runs = list(names)
+    schedules = []
     _print_ratio_header(names.values())
     for n in threads:
         torch.set_num_threads(n)
@@ -335,6 +338,16 @@ def epochs_main(
                     times[(h["round"], p)].append(h["seconds"])
         t = [float(np.median(times[run])) for run in runs]
         _print_ratio_row(n, float(np.median(floats)), t, lambda x: f"{x:.1f} s")
+        schedules.append((n, t))
+    print()
+    e1, e2 = values["epochs_round1"], values["epochs_round2"]
+    for n, t in schedules:
+        for p in precisions:
+            total = e1 * t[runs.index((1, p))] + e2 * t[runs.index((2, p))]
+            print(
+                f"{n} thread(s), {p}: the preset's {e1} + {e2} epochs at these epoch times: "
+                f"{total:.0f} s ({total / 60:.1f} min; a run adds its data and evaluation)"
+            )
 
 
 def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
@@ -548,9 +561,12 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument(
         "--epochs", type=int, metavar="N",
-        help="instead, N epochs of each round of the MNIST paper preset (median) against a "
-        "float32 MLP's epoch",
+        help="instead, N epochs of each round of an MNIST preset (median) against a float32 "
+        "MLP's epoch, and the preset's schedule at those times",
     )  # fmt: skip
+    p.add_argument(
+        "--preset", choices=("paper", "best"), default="paper", help="--epochs: the preset"
+    )
     p.add_argument(
         "--floor", action="store_true",
         help="instead, the least a step can cost (its matmuls, XNOR-popcount product and Adam, "
@@ -584,7 +600,7 @@ def main() -> None:
         return
     if args.epochs:
         print(f"{machine()}, PyTorch {torch.__version__}")
-        epochs_main(threads, precisions, args.epochs, epoch_batch)
+        epochs_main(threads, precisions, args.epochs, epoch_batch, args.preset)
         return
     if args.profile:
         print(f"{machine()}, PyTorch {torch.__version__}; {shape}; median of {args.steps} "
