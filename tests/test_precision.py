@@ -480,6 +480,41 @@ def test_round_1_takes_table_products_only_for_bipolar_inputs(monkeypatch):
         assert len(calls) == want, (round_, precision, training)
 
 
+def _splitmix64_keep(n: int, key: int, threshold: int) -> np.ndarray:
+    """keep_mask's definition in numpy: element i is kept where the int16 slice i % 4 of
+    SplitMix64's output number i // 4 for the key is at least the threshold."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) + (np.arange(1, (n + 3) // 4 + 1, dtype=np.uint64)
+                              * np.uint64(0x9E3779B97F4A7C15))  # fmt: skip
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z.view(np.int16)[:n] >= threshold).view(np.uint8)  # little-endian slices
+
+
+@compiled
+@pytest.mark.parametrize("n", [1, 3, 4, 15, 16, 17, 64, 87, 3 * 65536 + 11])
+def test_compiled_keep_masks_are_splitmix64_s_outputs(n):
+    """The vectorized generator (16 elements at a time, tails word by word, parts on threads)
+    against its definition, for keep_mask and dropout alike."""
+    key, threshold = 0xD1B54A32D192ED03, round(0.2 * 65536) - 32768
+    want = _splitmix64_keep(n, key, threshold)
+    got = np.empty(n, np.uint8)
+    h = torch.randn(n)
+    out, keep = torch.empty(n), torch.empty(n, dtype=torch.uint8)
+    for threads in (1, 3):
+        layers._fused.set_threads(threads)
+        try:
+            layers._fused.keep_mask(got.ctypes.data, n, key, threshold)
+            layers._fused.dropout(h.data_ptr(), keep.data_ptr(), out.data_ptr(), n, key,
+                                  threshold, 1.25)  # fmt: skip
+        finally:
+            layers._fused.set_threads(torch.get_num_threads())
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(keep.numpy(), want)
+        assert torch.equal(out, h * torch.from_numpy(want).float() * 1.25)
+
+
 @compiled
 @pytest.mark.parametrize("n", [1, 5, 17, 65, 1000, 3 * 65536 + 7])  # tails, several threads
 def test_compiled_dropout_is_the_separate_ops_bit_for_bit(n):
