@@ -370,11 +370,13 @@ def float_epoch(bits: np.ndarray, y: np.ndarray, hidden, batch: int) -> float:
 def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
     """Milliseconds per step of the work no implementation of a step can skip, each part timed
     alone on random data (medians): round 1's float32 matmuls (forward and backward, the float
-    MLP's), round 2's backward (its forward is the XNOR-popcount product) as float32 matmuls
+    MLP's) and the trainer's (the first layer's two products with the -1/0/+1 input bits by
+    table lookups, as bitnn.train.layers._SignInputLinear, the rest float32), round 2's
+    backward (its forward is the XNOR-popcount product) as float32 matmuls
     and as the trainer's table products (bitnn.engine.compiled.sign_matmul, with the bit planes
     of the -1/0/+1 inputs and of sign(W) made each step), the XNOR-popcount product on packed
     bits (compiled.masked_dot, the operands already packed) and Adam's update of every
-    parameter (PyTorch's fused Adam). The schedule counts the table products."""
+    parameter (PyTorch's fused Adam). The schedule counts the trainer's products."""
     from bitnn.engine import compiled
 
     gen = torch.Generator().manual_seed(0)
@@ -424,11 +426,28 @@ def floor_parts(hidden, batch: int, repeats: int) -> dict[str, float]:
                 planes = compiled.sign_planes(w.numpy(), False, n)
                 compiled.sign_matmul(gn, planes, inputs[i], threads=n)
 
+    out_t = np.empty((ws[0].shape[0], batch), np.float32)
+
+    def round1_trainer():  # the first layer by tables (forward and W's gradient), then matmuls
+        n = torch.get_num_threads()
+        x0 = ternary[0]
+        compiled.sign_matmul(ws[0].numpy(), compiled.sign_planes(np.ascontiguousarray(x0.T),
+                             True, n), out_t, threads=n)  # fmt: skip
+        compiled.sign_matmul(gs[0].numpy(), compiled.sign_planes(x0, True, n), grads[0], True,
+                             threads=n)  # fmt: skip
+        for x, w, g in zip(xs[1:], ws[1:], gs[1:], strict=True):
+            torch.mm(x, w.t())
+            torch.mm(g.t(), x)
+            torch.mm(g, w)
+
     model, optimizer = _bit_mlp(hidden, 2, "float32")
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=gen) * 1e-3
     parts = {
         "round 1: float32 matmuls (forward and backward)": lambda: (forward(), backward()),
+        "round 1: the trainer's (first layer by table products, the rest float32)": (
+            round1_trainer
+        ),
         "round 2: float32 matmuls (backward)": backward,
         "round 2: table products (backward, the trainer's)": tables,
         "round 2: XNOR-popcount forward (packed operands)": xnor,
@@ -454,7 +473,7 @@ def floor_main(threads: list[int], repeats: int) -> None:
     for n in threads:
         torch.set_num_threads(n)
         parts = floor_parts(hidden, batch, repeats)
-        r1, _, r2, xnor, adam = parts.values()
+        _, r1, _, r2, xnor, adam = parts.values()
         print(f"{n} thread(s):")
         print()
         print("| part | ms per step |")
