@@ -80,15 +80,18 @@ typedef uint16_t v8h __attribute__((vector_size(16)));
 #define INLINE static inline __attribute__((always_inline))
 
 INLINE v8f splat(float f) { return (v8f){0} + f; }
-INLINE v8f load8(const float *p) {
-    v8f v;
-    memcpy(&v, p, sizeof v);
+/* Loads and stores of m <= 8 lanes, the rest of a load zero: the last partial vector of an
+ * array goes through the same vector code as the others (with m = 8 spelled as a constant the
+ * copies are single vector moves). */
+INLINE v8f load8(const float *p, int64_t m) {
+    v8f v = {0};
+    memcpy(&v, p, (size_t)m * sizeof *p);
     return v;
 }
-INLINE void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-INLINE v8f load8_bf16(const uint16_t *p) { /* bfloat16: a float32's upper half */
-    v8h h;
-    memcpy(&h, p, sizeof h);
+INLINE void store8(float *p, v8f v, int64_t m) { memcpy(p, &v, (size_t)m * sizeof *p); }
+INLINE v8f load8_bf16(const uint16_t *p, int64_t m) { /* bfloat16: a float32's upper half */
+    v8h h = {0};
+    memcpy(&h, p, (size_t)m * sizeof *p);
     return (v8f)(__builtin_convertvector(h, v8i) << 16);
 }
 
@@ -119,41 +122,22 @@ INLINE v8f dtanh8(v8f x) { /* 1 - tanh(x)^2, 0 where tanh rounds to +-1 (as PyTo
 }
 
 /* One set of passes per variant (ATTR: its target): tanh, tanh_grad (G in bfloat16) and
- * tanh_grad_float. */
+ * tanh_grad_float. EACH8 runs STEP(i, m) on whole vectors, then on the last m < 8 elements. */
+#define EACH8(n, STEP)                                                                         \
+    int64_t i = 0;                                                                             \
+    for (; i + 8 <= n; i += 8) STEP(i, 8);                                                     \
+    if (i < n) STEP(i, n - i);
+#define TANH_STEP(i, m) store8(out + i, tanh8(load8(x + i, m)), m)
+#define TANH_GRAD_STEP(i, m) store8(out + i, load8_bf16(g + i, m) * dtanh8(load8(w + i, m)), m)
+#define TANH_GRAD_FLOAT_STEP(i, m) store8(out + i, load8(g + i, m) * dtanh8(load8(w + i, m)), m)
 #define TANH_PASSES(V, ATTR)                                                                   \
-    ATTR static void tanh_##V(const float *x, float *out, int64_t n) {                         \
-        int64_t i = 0;                                                                         \
-        for (; i + 8 <= n; i += 8) store8(out + i, tanh8(load8(x + i)));                       \
-        if (i < n) {                                                                           \
-            float xt[8] = {0}, ot[8];                                                          \
-            memcpy(xt, x + i, (size_t)(n - i) * sizeof *x);                                    \
-            store8(ot, tanh8(load8(xt)));                                                      \
-            memcpy(out + i, ot, (size_t)(n - i) * sizeof *out);                                \
-        }                                                                                      \
-    }                                                                                          \
+    ATTR static void tanh_##V(const float *x, float *out, int64_t n) { EACH8(n, TANH_STEP) }  \
     ATTR static void tanh_grad_##V(const float *w, const uint16_t *g, float *out, int64_t n) { \
-        int64_t i = 0;                                                                         \
-        for (; i + 8 <= n; i += 8) store8(out + i, load8_bf16(g + i) * dtanh8(load8(w + i)));  \
-        if (i < n) {                                                                           \
-            float wt[8] = {0}, ot[8];                                                          \
-            uint16_t gt[8] = {0};                                                              \
-            memcpy(wt, w + i, (size_t)(n - i) * sizeof *w);                                    \
-            memcpy(gt, g + i, (size_t)(n - i) * sizeof *g);                                    \
-            store8(ot, load8_bf16(gt) * dtanh8(load8(wt)));                                    \
-            memcpy(out + i, ot, (size_t)(n - i) * sizeof *out);                                \
-        }                                                                                      \
+        EACH8(n, TANH_GRAD_STEP)                                                               \
     }                                                                                          \
     ATTR static void tanh_grad_float_##V(const float *w, const float *g, float *out,           \
                                          int64_t n) {                                          \
-        int64_t i = 0;                                                                         \
-        for (; i + 8 <= n; i += 8) store8(out + i, load8(g + i) * dtanh8(load8(w + i)));       \
-        if (i < n) {                                                                           \
-            float wt[8] = {0}, gt[8] = {0}, ot[8];                                             \
-            memcpy(wt, w + i, (size_t)(n - i) * sizeof *w);                                    \
-            memcpy(gt, g + i, (size_t)(n - i) * sizeof *g);                                    \
-            store8(ot, load8(gt) * dtanh8(load8(wt)));                                         \
-            memcpy(out + i, ot, (size_t)(n - i) * sizeof *out);                                \
-        }                                                                                      \
+        EACH8(n, TANH_GRAD_FLOAT_STEP)                                                         \
     }
 
 TANH_PASSES(sse, )
@@ -273,9 +257,9 @@ typedef void (*weight_pass_fn)(const float *w, int64_t rows, int64_t cols, uint6
 static void weight_pass_sse(const float *w, int64_t rows, int64_t cols, uint64_t *bits,
                             float *dtanh) {
     WEIGHT_PASS_LOOP(8, {
-        v8f v = load8(src + c);
+        v8f v = load8(src + c, 8);
         v8i neg = v < 0.0f;
-        store8(dst + c, dtanh8(v));
+        store8(dst + c, dtanh8(v), 8);
         for (int l = 0; l < 8; l++) b |= (uint64_t)(neg[l] == 0) << (c + l);
     })
 }
@@ -284,8 +268,8 @@ __attribute__((target("avx2,fma"))) static void weight_pass_avx2(const float *w,
                                                                   int64_t cols, uint64_t *bits,
                                                                   float *dtanh) {
     WEIGHT_PASS_LOOP(8, {
-        v8f v = load8(src + c);
-        store8(dst + c, dtanh8(v));
+        v8f v = load8(src + c, 8);
+        store8(dst + c, dtanh8(v), 8);
         b |= (uint64_t)_mm256_movemask_ps((__m256)~(v < 0.0f)) << c;
     })
 }
@@ -403,14 +387,6 @@ static void run_weight_pass(const split_job *j, int64_t lo, int64_t hi) {
                                (uint64_t *)j->out1 + lo * words, (float *)j->out2 + lo * cols);
 }
 
-/* SplitMix64's output function (Steele, Lea and Flood 2014): output number c of the generator
- * started at key is mix64(key + (c + 1) * golden gamma). */
-static inline uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 typedef struct {
     split_job base; /* first: run_split passes a split_job; in1: h or NULL, out1: the mask */
     uint64_t key;
@@ -423,45 +399,41 @@ typedef int16_t v16i16 __attribute__((vector_size(32)));
 typedef uint8_t v16u8 __attribute__((vector_size(16)));
 typedef float v16f __attribute__((vector_size(64)));
 
-INLINE v4u64 mix64x4(v4u64 z) { /* mix64 lane by lane */
+/* SplitMix64's output function (Steele, Lea and Flood 2014), lane by lane: output number c of
+ * the generator started at key is mix64(key + (c + 1) * golden gamma). */
+INLINE v4u64 mix64x4(v4u64 z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
 
-/* Keep bytes for elements lo..hi-1 (lo a multiple of 64) and, with h, out = (h * keep) * scale
- * (keep as 1.0f or 0.0f: PyTorch's h * mask * scale bit for bit, -0 and NaN included). 16
- * elements (4 outputs of the generator) at a time in vector types, the rest word by word. */
+/* Keep bytes for the m <= 16 elements from i (4 outputs of the generator, counters z) and, with
+ * h, out = (h * keep) * scale (keep as 1.0f or 0.0f: PyTorch's h * mask * scale bit for bit, -0
+ * and NaN included), in vector types; h is padded with zeros past m. */
+INLINE void dropout16(const keep_job *k, int64_t i, v4u64 z, size_t m) {
+    /* int16 slice l of output c is element 4c + l */
+    v16i16 kept = ((v16i16)mix64x4(z) >= (int16_t)k->threshold) & 1;
+    v16u8 bytes = __builtin_convertvector(kept, v16u8);
+    memcpy((uint8_t *)k->base.out1 + i, &bytes, m);
+    if (k->base.in1) {
+        v16f v = {0};
+        memcpy(&v, (const float *)k->base.in1 + i, m * sizeof(float));
+        v = v * __builtin_convertvector(kept, v16f) * k->scale;
+        memcpy((float *)k->base.out2 + i, &v, m * sizeof(float));
+    }
+}
+
+/* keep_mask's and dropout's elements lo..hi-1 (lo a multiple of 64): 16 at a time, then the
+ * last m < 16 through the same code. */
 __attribute__((target_clones("avx2", "default"))) static void run_dropout(const split_job *j,
                                                                           int64_t lo,
                                                                           int64_t hi) {
     const keep_job *k = (const keep_job *)j;
-    const float *h = j->in1;
-    uint8_t *keep = j->out1;
-    float *out = j->out2;
-    const int16_t t = (int16_t)k->threshold;
-    const uint64_t gamma = 0x9e3779b97f4a7c15ULL; /* output c: mix64(key + (c + 1) * gamma) */
-    int64_t w = lo / 4;
-    v4u64 z = (v4u64){1, 2, 3, 4} * gamma + k->key + (uint64_t)w * gamma;
-    for (; 4 * w + 16 <= hi; w += 4, z += 4 * gamma) {
-        v16i16 kept = ((v16i16)mix64x4(z) >= t) & 1; /* int16 slice l of output c: 4c + l */
-        v16u8 bytes = __builtin_convertvector(kept, v16u8);
-        memcpy(keep + 4 * w, &bytes, sizeof bytes);
-        if (h) {
-            v16f v;
-            memcpy(&v, h + 4 * w, sizeof v);
-            v = v * __builtin_convertvector(kept, v16f) * k->scale;
-            memcpy(out + 4 * w, &v, sizeof v);
-        }
-    }
-    for (; 4 * w < hi; w++) {
-        uint64_t r = mix64(k->key + (uint64_t)(w + 1) * gamma);
-        for (int l = 0; l < 4 && 4 * w + l < hi; l++) {
-            int64_t i = 4 * w + l;
-            keep[i] = (int16_t)(r >> (16 * l)) >= t;
-            if (h) out[i] = h[i] * (float)keep[i] * k->scale;
-        }
-    }
+    const uint64_t gamma = 0x9e3779b97f4a7c15ULL;
+    v4u64 z = (v4u64){1, 2, 3, 4} * gamma + k->key + (uint64_t)(lo / 4) * gamma;
+    int64_t i = lo;
+    for (; i + 16 <= hi; i += 16, z += 4 * gamma) dropout16(k, i, z, 16);
+    if (i < hi) dropout16(k, i, z, (size_t)(hi - i));
 }
 
 /* keep_mask(out, n, key, threshold): address of n bytes */
