@@ -480,6 +480,22 @@ def test_round_1_takes_table_products_only_for_bipolar_inputs(monkeypatch):
         assert len(calls) == want, (round_, precision, training)
 
 
+@compiled
+def test_round_1_checks_the_input_bits_only_where_table_products_can_run(monkeypatch):
+    """Without the compiled engine the first layer takes the matmul, so the pass that checks
+    for +-1 inputs is not run either."""
+    checked = []
+    bipolar = layers._bipolar
+    monkeypatch.setattr(layers, "_bipolar", lambda x: checked.append(1) or bipolar(x))
+    x, _ = _batch()
+    _model(1, "float32-fast")(x)
+    assert checked == ([1] if layers._engine.extension_available() else [])
+    monkeypatch.setattr(layers._engine, "extension_available", lambda: False)
+    checked.clear()
+    _model(1, "float32-fast")(x)
+    assert checked == []
+
+
 def _splitmix64_keep(n: int, key: int, threshold: int) -> np.ndarray:
     """keep_mask's definition in numpy: element i is kept where the int16 slice i % 4 of
     SplitMix64's output number i // 4 for the key is at least the threshold."""
@@ -495,8 +511,8 @@ def _splitmix64_keep(n: int, key: int, threshold: int) -> np.ndarray:
 @compiled
 @pytest.mark.parametrize("n", [1, 3, 4, 15, 16, 17, 64, 87, 3 * 65536 + 11])
 def test_compiled_keep_masks_are_splitmix64_s_outputs(n):
-    """The vectorized generator (16 elements at a time, tails word by word, parts on threads)
-    against its definition, for keep_mask and dropout alike."""
+    """The vectorized generator (16 elements at a time, the last ones through the same step,
+    parts on threads) against its definition, for keep_mask and dropout alike."""
     key, threshold = 0xD1B54A32D192ED03, round(0.2 * 65536) - 32768
     want = _splitmix64_keep(n, key, threshold)
     got = np.empty(n, np.uint8)

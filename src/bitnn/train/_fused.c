@@ -45,7 +45,8 @@
  * tanh, in an AVX2 + FMA variant and an SSE one, the widest the CPU runs. tanh, tanh_grad,
  * tanh_grad_float and weight_pass split large calls over set_threads(n) threads (each part
  * starts at a multiple of 64 elements or at a row, so every element goes through the same
- * vector code and the results are the same bits for any count). Until session 18 they ran on one
+ * vector code and the results are the same bits for any count); keep_mask, dropout and
+ * dropout_grad split the same way. Until session 18 the first four ran on one
  * thread: a second one was slower, not faster, next to PyTorch's OpenMP workers spinning after
  * each op (2 cores, the four MNIST layers' tanh' with cold caches: 2.5 ms on one thread, 4.0 ms
  * on two); bitnn.train._torch now shortens that spin (GOMP_SPINCOUNT). Addresses come from
@@ -733,12 +734,13 @@ static PyMethodDef methods[] = {
     {"dropout", py_dropout, METH_VARARGS,
      "keep_mask's bytes and (h * keep) * scale in one pass (addresses, n, key, threshold, "
      "scale)."},
-    {"bipolar", py_bipolar, METH_VARARGS,
-     "Whether every value of float32 x is +1 or -1 (address, n)."},
     {"dropout_grad", py_dropout_grad, METH_VARARGS,
      "(g * scale) * keep: dropout's backward (addresses, n, scale)."},
+    {"bipolar", py_bipolar, METH_VARARGS,
+     "Whether every value of float32 x is +1 or -1 (address, n)."},
     {"set_threads", py_set_threads, METH_VARARGS,
-     "The most threads tanh, tanh_grad(_float) and weight_pass split a call over."},
+     "The most threads tanh, tanh_grad(_float), weight_pass, keep_mask, dropout and "
+     "dropout_grad split a call over."},
     {"variants", py_variants, METH_NOARGS, "The variants this CPU runs, narrowest first."},
     {NULL, NULL, 0, NULL},
 };

@@ -704,7 +704,7 @@ class BitMLP(nn.Module):
         first = self.layers[0]  # round 1 at float32-fast: table products where x is +-1
         sign_input = (
             first.precision == "float32-fast" and self.training and not self.binary
-            and _fusable(x) and _bipolar(x)
+            and _popcount_ready(x, first.weight) and _bipolar(x)
         )  # fmt: skip
         h = self._dropout(self.dropout_input, x)
         last = len(self.layers) - 1
